@@ -1,0 +1,84 @@
+"""Remove what a lab owns, by ownership only: recorded pids, recorded namespaces, and
+root-namespace objects named with the lab's tag. Never by process name.
+
+Order: recorded processes (daemons, then shells) -> any process still living in one of
+the lab's namespaces (they would keep it alive) -> root-namespace links with the lab's tag
+-> the run directory. Safe to run twice, and after a ``kill -9`` mid-bring-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from knetlab import shell
+from knetlab.daemon import stop_pid
+from knetlab.rundir import PREFIX, RunDir, labs, pid_alive
+
+log = logging.getLogger("knetlab.clean")
+TAG_RE = re.compile(rf"^{PREFIX}[0-9a-f]{{4}}")
+
+
+def _processes_in(inodes: set[int]) -> list[int]:
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                out.append(int(entry))
+        except OSError:
+            continue
+    return out
+
+
+def root_links(tag_re: re.Pattern[str]) -> list[str]:
+    out = shell.run(["ip", "-j", "link", "show"]).stdout
+    return [link["ifname"] for link in json.loads(out or "[]") if tag_re.match(link["ifname"])]
+
+
+def clean_lab(rd: RunDir) -> list[str]:
+    removed: list[str] = []
+    owned = rd.owned()
+    # Daemons first (they may hold namespaces), shells last.
+    pids = sorted((e for e in owned if e.get("kind") == "pid"),
+                  key=lambda e: "mininet:" in e.get("match", ""))
+    for e in pids:
+        if pid_alive(e["pid"], e["match"]):
+            stop_pid(e["pid"], e["match"], timeout=2)
+            removed.append(f"process {e['pid']} ({e.get('name', '')})")
+    inodes = {e["inode"] for e in owned if e.get("kind") == "netns"}
+    inodes.discard(os.stat("/proc/self/ns/net").st_ino)  # never our own namespace
+    for pid in _processes_in(inodes):
+        stop_pid(pid, "", timeout=1)
+        removed.append(f"process {pid} (inside a lab namespace)")
+    for name in root_links(re.compile(rf"^{rd.tag}")):
+        shell.run(["ip", "link", "del", name], check=False)
+        removed.append(f"link {name}")
+    if rd.path.exists():
+        shutil.rmtree(rd.path, ignore_errors=True)
+        removed.append(f"run dir {rd.path}")
+    return removed
+
+
+def clean_all(cluster: str | None = None) -> list[str]:
+    """Clean one lab, or every lab; then links whose lab's run dir is already gone."""
+    removed: list[str] = []
+    targets = [RunDir(cluster)] if cluster else labs()
+    for rd in targets:
+        removed += clean_lab(rd)
+    if cluster is None:
+        for name in root_links(TAG_RE):
+            # Only knetlab's naming: tag + 's' + switch number (+ -ethN).
+            if re.match(rf"^{PREFIX}[0-9a-f]{{4}}s\d+(-eth\d+)?$", name):
+                shell.run(["ip", "link", "del", name], check=False)
+                removed.append(f"link {name}")
+        base = Path(os.environ.get("KNETLAB_RUN", "/run/knetlab"))
+        if base.exists() and not any(base.iterdir()):
+            base.rmdir()
+    return removed

@@ -1,0 +1,30 @@
+"""Kernel routes owned by knetlab, reconciled level-triggered in one ``ip -batch``.
+
+Every route knetlab's data planes install carries protocol number ``ROUTE_PROTO``, so a
+sync can list exactly its own routes, replace the desired ones and delete the rest
+without touching connected routes or anything a user added.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from knetlab.nodes.host import NetnsHost
+
+ROUTE_PROTO = "77"  # unassigned in /etc/iproute2/rt_protos; shown as "proto 77"
+
+
+def owned_routes(host: NetnsHost) -> set[str]:
+    out = host.run(["ip", "-j", "route", "show", "proto", ROUTE_PROTO]).stdout
+    return {r["dst"] for r in json.loads(out or "[]")}
+
+
+def reconcile_routes(host: NetnsHost, desired: dict[str, str]) -> None:
+    """Make ``host``'s knetlab routes exactly ``desired`` (dst -> "via X" / "nexthop ...")."""
+    stale = owned_routes(host) - set(desired)
+    lines = [f"route replace {dst} {hop} proto {ROUTE_PROTO}" for dst, hop in desired.items()]
+    lines += [f"route del {dst} proto {ROUTE_PROTO}" for dst in sorted(stale)]
+    if lines:
+        host.ip_batch(lines, context=f"sync routes on {host.name}")

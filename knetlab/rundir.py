@@ -1,0 +1,115 @@
+"""A lab's run directory: every path a lab uses, and the record of what it owns.
+
+``/run/knetlab/<cluster>/`` holds the state file, the supervisor socket, one folder per
+node (CNI results, IPAM, daemons' config/pid/log) and ``owned.jsonl``: one line per
+process or namespace created, appended *before or right after* creation so that a lab
+killed mid-bring-up can still be cleaned by ``knetlab clean``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+BASE = Path(os.environ.get("KNETLAB_RUN", "/run/knetlab"))
+PREFIX = "kl"  # every object knetlab makes in the root namespace starts with this
+
+
+def lab_tag(cluster: str) -> str:
+    """Short, stable id of a lab used in kernel object names (15-char interface limit)."""
+    return PREFIX + hashlib.sha1(cluster.encode()).hexdigest()[:4]
+
+
+class RunDir:
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+        self.path = BASE / cluster
+        self.tag = lab_tag(cluster)
+
+    # -- paths -----------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def owned_file(self) -> Path:
+        return self.path / "owned.jsonl"
+
+    @property
+    def socket(self) -> Path:
+        return self.path / "supervisor.sock"
+
+    def node_dir(self, node: str) -> Path:
+        return self.path / "nodes" / node
+
+    def daemon_dir(self, owner: str, daemon: str) -> Path:
+        """Run dir of one daemon: config, pid file and log live together."""
+        d = self.path / "daemons" / owner / daemon
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "tag").write_text(self.tag + "\n")
+
+    # -- ownership record --------------------------------------------------------
+    def record(self, **entry: Any) -> None:
+        with self.owned_file.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def record_process(self, pid: int, match: str, name: str = "") -> None:
+        """Own a process: clean kills it only if its command line still contains ``match``."""
+        self.record(kind="pid", pid=pid, match=match, name=name)
+
+    def record_netns(self, path: str, name: str) -> None:
+        try:
+            inode = os.stat(path).st_ino
+        except OSError:
+            return
+        self.record(kind="netns", inode=inode, name=name)
+
+    def owned(self) -> list[dict[str, Any]]:
+        if not self.owned_file.exists():
+            return []
+        out = []
+        for line in self.owned_file.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash mid-write
+        return out
+
+    # -- state -------------------------------------------------------------------
+    def write_state(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+
+def labs() -> list[RunDir]:
+    if not BASE.exists():
+        return []
+    return [RunDir(p.name) for p in sorted(BASE.iterdir()) if p.is_dir()]
+
+
+def pid_alive(pid: int, match: str = "") -> bool:
+    """True if pid runs and its command line contains ``match``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return match in cmdline
