@@ -11,6 +11,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugin
 if TYPE_CHECKING:
     from typing import Any
 
+
 __version__ = "0.1.0"
 __all__ = ["Cluster"]
 

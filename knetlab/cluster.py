@@ -20,6 +20,7 @@ from typing import Any
 from mininet.net import Mininet
 
 from knetlab import clean
+from knetlab.check import Report, endpoints, format_report, run_check
 from knetlab.dataplane import Backend, backends
 from knetlab.errors import KnetlabError, NotFoundError
 from knetlab.nodes.host import NetnsHost
@@ -28,6 +29,7 @@ from knetlab.nodes.kubelet import Kubelet
 from knetlab.nodes.pod import Pod
 from knetlab.ovs import OvsInstance
 from knetlab.rundir import RunDir, pid_alive
+from knetlab.store import Store, lab_store
 from knetlab.topologies.schema import ClusterSpec, PodSpec, load_topology
 from knetlab.topologies.underlay import Underlay
 
@@ -46,6 +48,7 @@ class Cluster:
         self.nodes: dict[str, K8sNode] = {}
         self.pods: dict[str, Pod] = {}
         self.timings: dict[str, float] = {}
+        self.store: Store | None = None  # the lab's control-plane store, once up
 
     @classmethod
     def load(cls, path: str | Path) -> Cluster:
@@ -81,6 +84,7 @@ class Cluster:
         if self.rundir.exists():  # leftovers of a crashed run of the same lab
             clean.clean_lab(self.rundir)
         self.rundir.create()
+        self.store = lab_store(self.rundir.path)
 
     def _build(self) -> None:
         spec = self.spec
@@ -243,6 +247,28 @@ class Cluster:
         if name in self.net.nameToNode and isinstance(self.net[name], NetnsHost):
             return self.net[name]
         raise NotFoundError(f"no pod, node or router {name!r} in cluster {self.spec.name}")
+
+    def check(self, sample: int | None = None) -> Report:
+        """Prove the Kubernetes network model with real packets (see knetlab.check)."""
+        pods, nodes = endpoints(self.state())
+        return run_check(pods, nodes, sample)
+
+    # -- requests from the CLI (through the supervisor) ----------------------------
+    RPC = ("state", "add_node", "delete_node", "add_pod", "delete_pod", "check_report")
+
+    def rpc(self, op: str, args: dict[str, Any]) -> Any:
+        """Run one named operation for a remote caller; only RPC names (and the data
+        plane's ``rpc_methods``) are reachable."""
+        if op in self.RPC:
+            result = getattr(self, op)(**args)
+        elif self.backend and op in self.backend.rpc_methods():
+            result = self.backend.rpc_methods()[op](**args)
+        else:
+            raise KnetlabError(f"unknown operation {op!r}")
+        return result.name if isinstance(result, NetnsHost) else result
+
+    def check_report(self, sample: int | None = None) -> str:
+        return format_report(self.check(sample))
 
     # -- state -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ Life cycle, driven by ``Cluster``::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from knetlab.errors import ConfigError
@@ -74,6 +75,14 @@ class Backend:
 
     def teardown(self) -> None:
         pass
+
+    def rpc_methods(self) -> dict[str, Callable[..., Any]]:
+        """Operations the CLI may call through the supervisor (``knetlab bgp ...``)."""
+        return {}
+
+    def cli_commands(self) -> dict[str, Callable[[str], str]]:
+        """Extra Mininet CLI commands: name -> function(line) returning the text to print."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """Extra facts for ``knetlab status`` (daemons, leases, ...)."""

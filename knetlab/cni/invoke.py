@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+
+from knetlab.cni.types import CNIError
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
 if TYPE_CHECKING:
     from typing import Any
-
-from knetlab.cni.types import CNIError
 
 PLUGIN_NOT_FOUND = 127  # mirrors the shell's "command not found"; reported as a CNIError
 

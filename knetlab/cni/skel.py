@@ -11,13 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
-
-    Handler = Callable[["Args"], dict[str, Any] | None]
 
 from knetlab.cni.types import (
     DECODE_FAILURE,
@@ -28,6 +21,14 @@ from knetlab.cni.types import (
     CNIError,
     check_version,
 )
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Handler = Callable[["Args"], dict[str, Any] | None]
 
 
 class Args:

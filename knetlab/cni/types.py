@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
 if TYPE_CHECKING:
     from typing import Any
+
 
 SPEC_VERSION = "1.1.0"
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]

@@ -47,8 +47,9 @@ class NetnsHost(Host):
 class Router(NetnsHost):
     """An underlay router (ToR, spine, VPC router): forwarding on, no ICMP redirects."""
 
-    def config(self, **params: Any) -> Any:
-        out = super().config(**params)
-        self.cmd("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 "
-                 "net.ipv4.fib_multipath_hash_policy=1 net.ipv4.conf.default.send_redirects=0")
-        return out
+    def __init__(self, name: str, rundir: RunDir, **params: Any) -> None:
+        super().__init__(name, rundir, **params)
+        self.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
+                  "net.ipv4.conf.default.send_redirects=0", "net.ipv4.fib_multipath_hash_policy=1",
+                  "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+        self.cmd("ip link set lo up")

@@ -43,7 +43,8 @@ class Fields:
         for key in self.data:
             if key not in allowed:
                 near = difflib.get_close_matches(str(key), allowed, n=1)
-                fix = f"did you mean {near[0]!r}?" if near else f"allowed keys: {', '.join(allowed)}"
+                fix = (f"did you mean {near[0]!r}?" if near
+                       else f"allowed keys: {', '.join(allowed)}")
                 raise self.error(str(key), "unknown key", fix)
 
     def has(self, key: str) -> bool:

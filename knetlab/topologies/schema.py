@@ -178,7 +178,8 @@ def _nodes(spec: ClusterSpec, top: Fields) -> None:
             f.only(["name", "rack"])
             name = f.name("name")
             if name in seen:
-                raise f.error("name", f"node {name!r} is listed twice", "give each node its own name")
+                raise f.error("name", f"node {name!r} is listed twice",
+                              "give each node its own name")
             seen.add(name)
             spec.nodes.append(NodeSpec(name, i + 1, f.int("rack", 1, lo=1, hi=racks)))
     else:
@@ -217,7 +218,8 @@ def _pods(spec: ClusterSpec, top: Fields) -> None:
                 raise f.error("node", f"no node named {node!r}",
                               f"use one of {', '.join(sorted(names))}")
             if name in seen or name in names:
-                raise f.error("name", f"name {name!r} is already used", "give each pod its own name")
+                raise f.error("name", f"name {name!r} is already used",
+                              "give each pod its own name")
             seen.add(name)
             spec.pods.append(PodSpec(name, node))
         return

@@ -14,14 +14,15 @@ import hashlib
 import ipaddress
 import re
 import subprocess
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
-
-if TYPE_CHECKING:
-    from typing import Any
 
 from knetlab.cni.invoke import delegate
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
+
+if TYPE_CHECKING:
+    from typing import Any
 
 BRIDGE_FAILED = 101
 VETH_FAILED = 102

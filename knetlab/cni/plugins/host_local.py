@@ -12,14 +12,15 @@ import ipaddress
 import os
 from contextlib import contextmanager
 from pathlib import Path
+
+from knetlab.cni.skel import Args, plugin_main
+from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
-
-from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 NO_ADDRESS = 100  # plugin-specific code: the range is full

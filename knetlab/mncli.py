@@ -1,0 +1,103 @@
+"""The Mininet CLI with cluster commands: pods and nodes are hosts (``pod-1-0 ping pod-2-0``),
+plus ``pods``, ``nodes``, ``routes NODE``, ``check``, ``status`` and the data plane's own."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from mininet.cli import CLI
+from mininet.log import output
+
+from knetlab.check import format_report
+from knetlab.errors import KnetlabError
+
+if TYPE_CHECKING:
+    from knetlab.cluster import Cluster
+
+
+class KnetCLI(CLI):
+    prompt = "knetlab> "
+
+    def __init__(self, cluster: Cluster, **kw: Any) -> None:
+        self.cluster = cluster
+        assert cluster.backend
+        for name, fn in cluster.backend.cli_commands().items():
+            setattr(self, f"do_{name}", self._wrap(fn))
+        super().__init__(cluster.net, **kw)
+
+    @staticmethod
+    def _wrap(fn: Any) -> Any:
+        def do(line: str) -> None:
+            try:
+                output(fn(line) + "\n")
+            except KnetlabError as exc:
+                output(f"error: {exc}\n")
+        return do
+
+    def do_pods(self, _line: str) -> None:
+        """List pods: name, node, IP."""
+        output(summary_pods(self.cluster.state()) + "\n")
+
+    def do_nodes(self, line: str) -> None:
+        """List Kubernetes nodes: name, node IP, pod CIDR (``nodes mininet`` for Mininet's)."""
+        if line.strip() == "mininet":
+            return super().do_nodes(line)
+        output(summary_nodes(self.cluster.state()) + "\n")
+
+    def do_routes(self, line: str) -> None:
+        """routes NODE: the node's IPv4 routing table."""
+        args = line.split()
+        if len(args) != 1:
+            output("usage: routes NODE\n")
+            return
+        try:
+            host = self.cluster.host(args[0])
+        except KnetlabError as exc:
+            output(f"error: {exc}\n")
+            return
+        output(host.run(["ip", "route", "show"]).stdout)
+
+    def do_check(self, line: str) -> None:
+        """check [K]: prove the Kubernetes network model (K random peers per pod)."""
+        args = line.split()
+        sample = int(args[0]) if args and args[0].isdigit() else None
+        output(format_report(self.cluster.check(sample)) + "\n")
+
+    def do_status(self, _line: str) -> None:
+        """The lab's state as JSON (as ``knetlab status -o json``)."""
+        state = self.cluster.state()
+        state.pop("hosts", None)
+        output(json.dumps(state, indent=2) + "\n")
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def summary_nodes(state: dict[str, Any]) -> str:
+    rows = [["NODE", "IP", "POD-CIDR", "RACK"]]
+    rows += [[n["name"], n["ip"], n["podCIDR"], str(n.get("rack", 1))] for n in state["nodes"]]
+    return _table(rows)
+
+
+def summary_pods(state: dict[str, Any]) -> str:
+    rows = [["POD", "NODE", "IP"]]
+    rows += [[p["name"], p["node"], p["ip"]] for p in state["pods"]]
+    return _table(rows)
+
+
+def summary(state: dict[str, Any]) -> str:
+    head = (f"cluster {state['cluster']}: data plane {state['dataplane']}, underlay "
+            f"{state['underlay']} ({state['switch']}), pods {state['podCIDR']}, services "
+            f"{state['serviceCIDR']}")
+    parts = [head, summary_nodes(state)]
+    if state["pods"]:
+        parts.append(summary_pods(state))
+    daemons = state.get("daemons")
+    if daemons:
+        parts.append(_table([["DAEMON", "OWNER", "PID"]]
+                            + [[d["name"], d["owner"], str(d["pid"])] for d in daemons]))
+    return "\n\n".join(parts)

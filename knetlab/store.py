@@ -1,0 +1,116 @@
+"""The lab's control-plane store: keys -> JSON values, with revisions and a watch.
+
+What etcd is to flannel and Calico, in a folder: one JSON file per key under
+``<run dir>/store/``, a global revision bumped on every write (under a lock), and
+``wait(since)`` that returns when the revision moves. Separate processes (agents,
+the supervisor) share it through the file system. Watchers are level-triggered: on a
+change they re-read the whole prefix and reconcile, so a missed event cannot cause drift.
+Values may carry an ``expires`` time (leases); ``list`` hides expired entries.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._rev = self.root / ".revision"
+
+    def _path(self, key: str) -> Path:
+        if ".." in key.split("/") or key.startswith("/"):
+            raise ValueError(f"bad store key {key!r}")
+        return self.root / (key + ".json")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def _bump(self) -> int:
+        rev = self.revision() + 1
+        tmp = self._rev.with_suffix(".tmp")
+        tmp.write_text(str(rev))
+        tmp.replace(self._rev)
+        return rev
+
+    def revision(self) -> int:
+        try:
+            return int(self._rev.read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def put(self, key: str, value: dict[str, Any], ttl: float | None = None) -> int:
+        if ttl is not None:
+            value = {**value, "expires": time.time() + ttl}
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(value))
+            tmp.replace(path)
+            return self._bump()
+
+    def create(self, key: str, value: dict[str, Any], ttl: float | None = None) -> bool:
+        """Put only if the key is absent (or expired): an atomic claim, as etcd's txn."""
+        with self._locked():
+            current = self._read(self._path(key))
+            if current is not None and not _expired(current):
+                return False
+        self.put(key, value, ttl)
+        return True
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        value = self._read(self._path(key))
+        return None if value is None or _expired(value) else value
+
+    def delete(self, key: str) -> int:
+        with self._locked():
+            self._path(key).unlink(missing_ok=True)
+            return self._bump()
+
+    def list(self, prefix: str) -> dict[str, dict[str, Any]]:
+        base = self.root / prefix
+        out: dict[str, dict[str, Any]] = {}
+        if not base.exists():
+            return out
+        for path in sorted(base.rglob("*.json")):
+            value = self._read(path)
+            if value is not None and not _expired(value):
+                out[str(path.relative_to(self.root))[:-len(".json")]] = value
+        return out
+
+    def wait(self, since: int, timeout: float, poll: float = 0.05) -> int:
+        """Block until the revision is past ``since`` (or timeout); return the revision."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rev = self.revision()
+            if rev != since or time.monotonic() >= deadline:
+                return rev
+            time.sleep(poll)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def _expired(value: dict[str, Any]) -> bool:
+    expires = value.get("expires")
+    return expires is not None and expires < time.time()
+
+
+def lab_store(run_path: Path) -> Store:
+    return Store(Path(os.fspath(run_path)) / "store")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian 12 / Ubuntu machine, as root: apt packages + .venv.
+# Idempotent: installs only what is missing; `apt-get update` runs once, only if needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  mininet openvswitch-switch iproute2 iptables nftables iperf3 tcpdump ethtool
+  iputils-ping containernetworking-plugins procps util-linux psmisc conntrack
+  python3-venv python3-yaml
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's python3 sees Debian's mininet module (system site packages).
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  touch .venv/.installed
+fi
+chmod +x knetlab/cni/bin/*
+echo "setup: ok ($(.venv/bin/knetlab --version))"

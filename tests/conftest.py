@@ -1,0 +1,57 @@
+"""Shared fixtures: every lab a test builds is torn down, and the machine is compared
+before and after (no interface, namespace holder or run dir of knetlab may remain)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from knetlab.cluster import Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPOLOGIES = ROOT / "topologies"
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
+
+
+def write_topology(tmp_path: Path, text: str, name: str = "topo.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest) -> Iterator[object]:
+    """Factory: ``lab(path)`` brings a Cluster up; all are torn down after the test."""
+    made: list[Cluster] = []
+
+    def up(path: str | Path) -> Cluster:
+        c = Cluster.load(path)
+        c.up()
+        made.append(c)
+        return c
+
+    yield up
+    for c in made:
+        c.down()
+
+
+def links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def processes() -> set[tuple[int, str]]:
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            out.add((int(pid), cmd))
+    return out
