@@ -27,7 +27,9 @@ class Kubelet:
                                   plugin_netns=node.netns)
 
     def _args(self, pod: Pod) -> dict[str, str]:
-        return {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": pod.name,
+        # IgnoreUnknown first, as kubelet sends it: plugins that do not know the K8S_ keys
+        # (the reference ones) must not fail on them.
+        return {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": pod.name,
                 "K8S_POD_INFRA_CONTAINER_ID": pod.container_id}
 
     def run_pod_sandbox(self, pod: Pod) -> dict[str, Any]:

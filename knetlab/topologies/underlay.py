@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mininet.node import OVSSwitch, Switch
 
 from knetlab import shell
-from knetlab.nodes.host import Router
+from knetlab.nodes.host import NetnsHost, Router
 
 if TYPE_CHECKING:
     from mininet.net import Mininet
@@ -104,7 +104,14 @@ class Underlay:
         self.switches[rack].attach(link.intf2)
         gw = self.u.gateway(rack)
         link.intf1.setIP(f"{gw}/{self.u.rack_subnet(rack).prefixlen}")
+        self._software_checksums(router, link.intf1.name)
         return router
+
+    def _software_checksums(self, host: NetnsHost, intf: str) -> None:
+        """OVS's userspace datapath reads frames with AF_PACKET and does not finish partial
+        checksums; a sender whose NIC 'offloads' them would stall TCP. Compute them first."""
+        if self.spec.switch == "ovs":
+            host.run(["ethtool", "-K", intf, "tx", "off"])
 
     def _fabric_routes(self) -> None:
         """Rack subnets: spines via the ToR; ToRs via every spine (ECMP)."""
@@ -131,6 +138,7 @@ class Underlay:
         if self.u.type == "leaf-spine":
             lines.append(f"route replace {self.u.cidr} via {self.u.gateway(node.spec.rack)}")
         node.ip_batch(lines, context=f"configure uplink of {node.name}")
+        self._software_checksums(node, node.uplink)
 
     def detach_node(self, node: K8sNode) -> None:
         for link in [lk for lk in self.net.links if node in (lk.intf1.node, lk.intf2.node)]:
