@@ -1,3 +1,4 @@
 """Data planes; importing this package registers every one of them by name."""
 
+import knetlab.overlays.flannel  # noqa: F401
 from knetlab.overlays import static_routes  # noqa: F401

@@ -1,7 +1,6 @@
-"""Routed data planes without encapsulation: flannel's host-gw and a cloud's VPC routes.
+"""Routed data plane without encapsulation: a cloud's VPC routes (flannel's ``host-gw``
+lives in ``knetlab.overlays.flannel``, lease- and agent-based).
 
-- ``host-gw``: each node routes every peer's pod subnet via that peer's node IP; this
-  needs the peers on the node's own L2 segment, as flannel documents.
 - ``vpc-routes``: what flannel's aws-vpc/gce backends do: program the fabric's routers
   (the VPC router on a segment, ToRs and spines on leaf-spine) with a route per node's
   pod subnet; nodes send the whole pod CIDR to their router.
@@ -18,18 +17,6 @@ from knetlab.routes import reconcile_routes
 if TYPE_CHECKING:
     from knetlab.nodes.host import NetnsHost
     from knetlab.nodes.k8snode import K8sNode
-
-
-@register
-class HostGwBackend(Backend):
-    name = "host-gw"
-    routed_underlay_ok: ClassVar[bool] = False
-
-    def sync(self) -> None:
-        nodes = self.cluster.k8s_nodes()
-        for node in nodes:
-            reconcile_routes(node, {p.spec.pod_cidr: f"via {p.node_ip}"
-                                    for p in nodes if p is not node})
 
 
 @register

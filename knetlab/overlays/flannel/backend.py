@@ -1,0 +1,174 @@
+"""The flannel data planes: ``flannel-vxlan``, ``flannel-udp`` and ``host-gw``.
+
+The backend is the cluster-side half of flannel: it stores the network config, starts a
+flanneld-like agent (and for UDP the forwarder) per node, writes the flannel CNI config,
+releases a leaving node's lease and waits until every agent has programmed the current
+membership. The kernel is programmed only by the agents (see ``agent`` and ``kernel``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from knetlab.dataplane import Backend, register
+from knetlab.errors import ConfigError, KnetlabError
+from knetlab.overlays.flannel import config as fconfig
+from knetlab.overlays.flannel import subnet
+from knetlab.overlays.flannel.daemons import FlannelAgent, UdpForwarder
+
+if TYPE_CHECKING:
+    from knetlab.nodes.k8snode import K8sNode
+    from knetlab.topologies.fields import Fields
+    from knetlab.topologies.schema import ClusterSpec
+
+SYNC_TIMEOUT = 10.0
+
+
+class FlannelBackend(Backend):
+    section: ClassVar[str | None] = "flannel"
+    kind: ClassVar[str]
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        self.agents: dict[str, FlannelAgent] = {}
+        self.forwarders: dict[str, UdpForwarder] = {}
+
+    @classmethod
+    def validate(cls, spec: ClusterSpec, settings: Fields) -> dict[str, Any]:
+        if not cls.routed_underlay_ok and spec.underlay.type != "segment":
+            raise ConfigError(
+                f"data plane {cls.name} routes each peer's pod subnet via the peer's node IP, "
+                f"so every node must be on one L2 segment, but underlay.type is "
+                f"{spec.underlay.type}", file=spec.file, line=spec.lines.get("dataplane"),
+                field="dataplane", fix="use underlay.type: segment, or flannel-vxlan / "
+                "vpc-routes on leaf-spine")
+        return fconfig.parse(spec, settings, cls.kind)
+
+    @property
+    def store(self) -> Any:
+        assert self.cluster.store is not None
+        return self.cluster.store
+
+    def setup(self) -> None:
+        subnet.put_config(self.store, self.settings)
+
+    def setup_node(self, node: K8sNode) -> None:
+        if self.kind == "udp":
+            fwd = UdpForwarder(node, self.store, self.settings["SubnetLen"])
+            fwd.start()
+            self.forwarders[node.name] = fwd
+        agent = FlannelAgent(node, self.store)
+        agent.start()
+        self.agents[node.name] = agent
+        (node.dir / "10-flannel.conflist").write_text(json.dumps(self.flannel_conflist(),
+                                                                 indent=2))
+
+    def flannel_conflist(self) -> dict[str, Any]:
+        """What a flannel install puts in /etc/cni/net.d (the flannel plugin's input)."""
+        return {"name": "cbr0", "cniVersion": "1.0.0", "plugins": [
+            {"type": "flannel", "delegate": {"hairpinMode": True, "isDefaultGateway": True}},
+            {"type": "portmap", "capabilities": {"portMappings": True}}]}
+
+    def cni_config(self, node: K8sNode) -> dict[str, Any]:
+        """The flannel plugin's delegation, expanded: bridge cbr0 with subnet.env's MTU."""
+        return node.default_cni_config(mtu=fconfig.mtu(self.settings), name="cbr0")
+
+    def sync(self) -> None:
+        """Wait until each agent has programmed exactly the other live nodes' leases."""
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        nodes = self.cluster.k8s_nodes()
+        for node in nodes:
+            want = sorted(n.spec.pod_cidr for n in nodes if n is not node)
+            agent = self.agents[node.name]
+            while self._applied(agent) != want:
+                if time.monotonic() > deadline or not agent.alive():
+                    raise KnetlabError(f"flannel agent on {node.name} did not program peers "
+                                       f"{want} (has {self._applied(agent)}); log tail:\n"
+                                       f"{agent.log_tail()}")
+                time.sleep(0.02)
+
+    @staticmethod
+    def _applied(agent: FlannelAgent) -> list[str] | None:
+        try:
+            return json.loads((agent.dir / "applied.json").read_text())["peers"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def remove_node(self, node: K8sNode) -> None:
+        self._stop(node.name)
+        subnet.release(self.store, node.spec.pod_cidr)
+
+    def _stop(self, name: str) -> None:
+        for table in (self.agents, self.forwarders):
+            daemon = table.pop(name, None)
+            if daemon:
+                daemon.stop()
+
+    def teardown(self) -> None:
+        for name in list(self.agents):
+            self._stop(name)
+
+    def restart_agent(self, node: str) -> int:
+        """Stop (if running) and start a node's agent; returns the new pid."""
+        n = self.cluster.node(node)
+        old = self.agents.pop(node, None)
+        if old:
+            old.stop()
+        agent = FlannelAgent(n, self.store)
+        agent.start()
+        self.agents[node] = agent
+        assert agent.pid
+        return agent.pid
+
+    def rpc_methods(self) -> dict[str, Callable[..., Any]]:
+        return {"flannel_leases": self.lease_table, "flannel_restart_agent": self.restart_agent}
+
+    def cli_commands(self) -> dict[str, Callable[[str], str]]:
+        return {"leases": lambda _line: self.lease_table()}
+
+    def lease_table(self) -> str:
+        return format_leases(subnet.leases(self.store), self.settings)
+
+    def describe(self) -> dict[str, Any]:
+        daemons = [{"name": d.name, "owner": o, "pid": d.pid}
+                   for table in (self.agents, self.forwarders) for o, d in table.items()]
+        return {"flannel": {"config": self.settings, "leases": subnet.leases(self.store)},
+                "daemons": daemons}
+
+
+def format_leases(leases: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    rows = [["SUBNET", "NODE", "PUBLIC-IP", "BACKEND", "BACKEND-DATA", "TTL"]]
+    for lease in leases:
+        data = ",".join(f"{k}={v}" for k, v in lease.get("BackendData", {}).items()) or "-"
+        rows.append([lease["subnet"], lease["node"], lease["PublicIP"], lease["BackendType"],
+                     data, f"{subnet.remaining(lease):.0f}s"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    head = (f"flannel network {config['Network']} /{config['SubnetLen']} "
+            f"backend {config['Backend']}")
+    return "\n".join([head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+                               .rstrip() for r in rows])
+
+
+@register
+class FlannelVxlan(FlannelBackend):
+    name = "flannel-vxlan"
+    kind = "vxlan"
+    kernel_features: ClassVar[tuple[str, ...]] = ("vxlan",)
+
+
+@register
+class FlannelUdp(FlannelBackend):
+    name = "flannel-udp"
+    kind = "udp"
+    kernel_features: ClassVar[tuple[str, ...]] = ("tun",)
+
+
+@register
+class HostGw(FlannelBackend):
+    """flannel's host-gw: routes via peers' node IPs, so every node must share one segment."""
+    name = "host-gw"
+    kind = "host-gw"
+    routed_underlay_ok: ClassVar[bool] = False
