@@ -108,7 +108,9 @@ def _extension_modules() -> list[Any]:
     return out
 
 
-EXTENSIONS: list[str] = []  # e.g. "knetlab.bgp.commands"
+EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
+    "knetlab.docker.cli",
+]
 
 
 def _cluster_arg(p: argparse.ArgumentParser) -> None:

@@ -254,7 +254,8 @@ class Cluster:
         return run_check(pods, nodes, sample)
 
     # -- requests from the CLI (through the supervisor) ----------------------------
-    RPC = ("state", "add_node", "delete_node", "add_pod", "delete_pod", "check_report")
+    RPC = ("state", "add_node", "delete_node", "add_pod", "delete_pod", "check_report",
+           "docker")
 
     def rpc(self, op: str, args: dict[str, Any]) -> Any:
         """Run one named operation for a remote caller; only RPC names (and the data
@@ -269,6 +270,11 @@ class Cluster:
 
     def check_report(self, sample: int | None = None) -> str:
         return format_report(self.check(sample))
+
+    def docker(self, node: str, argv: list[str]) -> str:
+        """Run one ``docker`` command line on a node's emulated engine (knetlab.docker)."""
+        from knetlab.docker.cli import execute
+        return execute(self, node, argv)
 
     # -- state -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
