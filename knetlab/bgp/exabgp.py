@@ -1,0 +1,120 @@
+"""The ExaBGP daemon: one process per speaker, its own config, env, log and pid file.
+
+ExaBGP speaks BGP but touches no kernel: every instance runs an API program of knetlab's
+(``installer`` or ``reflector``) that reads ExaBGP's JSON on stdin and writes commands on
+stdout. Settings that matter here (see KERNEL.md): run as root without dropping privileges
+(else the API helper dies with EACCES), no daemonizing, no CLI fifos, ``tcp.bind`` on the
+speaker's own addresses (ExaBGP only listens when told to, and two speakers that both only
+connect never meet), ``reactor.speed=10`` for low idle CPU.
+
+Membership changes rewrite the config and send SIGUSR1: ExaBGP reloads it and only the
+neighbours that changed are touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from knetlab.daemon import Daemon
+
+if TYPE_CHECKING:
+    from knetlab.rundir import RunDir
+
+STATE_FILE = "bgp-state.json"  # written by the API program: peers and learned routes
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    address: str
+    local_address: str
+    kind: str = "node-to-node mesh"  # shown by ``bgp status``: mesh / route reflector / ToR
+
+
+@dataclass
+class SpeakerConfig:
+    router_id: str
+    asn: int
+    hold_time: int
+    neighbors: list[Neighbor] = field(default_factory=list)
+    announce: list[tuple[str, str]] = field(default_factory=list)  # (prefix, next hop)
+    api_args: list[str] = field(default_factory=list)  # the API program's argv after -m
+
+
+NEIGHBOR = """\
+neighbor {address} {{
+    description "{kind}";
+    router-id {router_id};
+    local-address {local};
+    local-as {asn};
+    peer-as {asn};
+    hold-time {hold};
+    family {{ ipv4 unicast; }}
+    api {{ processes [ knetlab ]; receive {{ parsed; update; }} neighbor-changes; }}
+{static}}}
+"""
+
+
+def render(cfg: SpeakerConfig, python: str = sys.executable) -> str:
+    """The whole ExaBGP configuration of one speaker."""
+    argv = " ".join([python, "-m", *cfg.api_args])
+    out = [f"process knetlab {{\n    run {argv};\n    encoder json;\n}}\n"]
+    static = ""
+    if cfg.announce:
+        routes = "".join(f"        route {p} next-hop {nh};\n" for p, nh in cfg.announce)
+        static = f"    static {{\n{routes}    }}\n"
+    for n in sorted(cfg.neighbors, key=lambda n: n.address):
+        out.append(NEIGHBOR.format(address=n.address, kind=n.kind, router_id=cfg.router_id,
+                                   local=n.local_address, asn=cfg.asn, hold=cfg.hold_time,
+                                   static=static))
+    return "\n".join(out)
+
+
+class ExaBGP(Daemon):
+    name = "exabgp"
+
+    def __init__(self, rundir: RunDir, owner: str, netns: str | None,
+                 cfg: SpeakerConfig) -> None:
+        super().__init__(rundir, owner, netns)
+        self.cfg = cfg
+        self.state_file = self.dir / STATE_FILE
+
+    def render_config(self) -> str:
+        return render(self.cfg)
+
+    def command(self) -> list[str]:
+        return ["exabgp", str(self.config_file)]
+
+    def env(self) -> dict[str, str]:
+        binds = sorted({n.local_address for n in self.cfg.neighbors} | {self.cfg.router_id})
+        return {
+            "exabgp.daemon.user": "root",
+            "exabgp.daemon.drop": "false",
+            "exabgp.daemon.daemonize": "false",
+            "exabgp.api.cli": "false",
+            "exabgp.log.destination": str(self.dir / "exabgp-internal.log"),
+            "exabgp.reactor.speed": "10",
+            "exabgp.tcp.bind": " ".join(binds),
+            "KNETLAB_BGP_STATE": str(self.state_file),
+        }
+
+    def is_ready(self) -> bool:
+        return self.state_file.exists()  # the API program is up and has written its state
+
+    def start(self) -> None:
+        self.state_file.unlink(missing_ok=True)
+        super().start()
+
+    def reconfigure(self, cfg: SpeakerConfig) -> bool:
+        """Rewrite the config; SIGUSR1 makes ExaBGP reload it. True if anything changed."""
+        self.cfg = cfg
+        text = render(cfg)
+        if self.config_file.exists() and self.config_file.read_text() == text:
+            return False
+        self.config_file.write_text(text)
+        if self.pid is not None and self.alive():
+            os.kill(self.pid, signal.SIGUSR1)
+        return True

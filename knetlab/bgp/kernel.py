@@ -1,0 +1,74 @@
+"""Kernel routes learned over BGP, in the namespace the API program runs in (``proto bird``).
+
+The route installer's kernel half: given every peer's paths for a prefix, install one path
+(``ip route replace ... proto bird``) or delete the prefix when no peer has it. Only prefixes
+inside the pod pool are accepted, never the speaker's own, so a bad or looped announcement
+cannot overwrite connected routes. Next hops that are not on a connected subnet (another
+rack's node, seen from a ToR or a node behind one) are resolved through the kernel's own
+route to them, as BIRD's recursive next hops do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+
+from knetlab.bgp.messages import BgpPath
+
+PROTO = "bird"  # rt_protos 12: what Calico's BIRD uses, so `ip route` reads the same
+
+
+def _ip(args: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+    # The API program runs inside its namespace already: plain ip, no nsenter.
+    return subprocess.run(["ip", *args], input=input, capture_output=True, text=True)
+
+
+class KernelRoutes:
+    def __init__(self, pool: str, own: set[str], self_ips: set[str], encap: str = "none"):
+        self.pool = ipaddress.ip_network(pool)
+        self.own, self.self_ips, self.encap = own, self_ips, encap
+        self.installed: dict[str, str] = {}
+
+    def accept(self, prefix: str, path: BgpPath) -> bool:
+        try:
+            net = ipaddress.ip_network(prefix)
+        except ValueError:
+            return False
+        return (net.subnet_of(self.pool) and prefix not in self.own
+                and path.next_hop not in self.self_ips
+                and path.originator_id not in self.self_ips)
+
+    def flush(self) -> None:
+        """Routes of a previous instance are stale: start from what BGP says now."""
+        _ip(["route", "flush", "proto", PROTO])
+
+    def _hop(self, next_hop: str) -> str:
+        if self.encap == "ipip":  # Calico's IPIP: via the peer, out of tunl0
+            return f"via {next_hop} dev tunl0 onlink"
+        out = _ip(["-j", "route", "get", next_hop]).stdout
+        try:
+            route = json.loads(out)[0]
+        except (ValueError, IndexError):
+            return f"via {next_hop}"
+        return f"via {route.get('gateway', next_hop)}"
+
+    def sync(self, prefixes: set[str], paths_of: dict[str, dict[str, BgpPath]]) -> None:
+        """Make the kernel agree with ``paths_of`` for ``prefixes`` (peer -> path)."""
+        lines = []
+        for prefix in sorted(prefixes):
+            paths = [p for peer, p in sorted(paths_of.get(prefix, {}).items())
+                     if self.accept(prefix, p)]
+            if paths:
+                best = min(paths, key=lambda p: len(p.cluster_list))  # shortest reflection
+                hop = self._hop(best.next_hop)
+                if self.installed.get(prefix) != hop:
+                    lines.append(f"route replace {prefix} proto {PROTO} {hop}")
+                    self.installed[prefix] = hop
+            elif self.installed.pop(prefix, None) is not None:
+                lines.append(f"route del {prefix} proto {PROTO}")
+        if lines:
+            proc = _ip(["-force", "-batch", "-"], input="\n".join(lines) + "\n")
+            if proc.returncode:
+                print(f"knetlab: ip failed: {proc.stderr.strip()}", file=sys.stderr)

@@ -1,0 +1,124 @@
+"""ExaBGP as a route reflector (RFC 4456): the API program that reflects.
+
+ExaBGP has no route reflection, so this program does it: every path learned from a peer is
+kept per source; for each prefix and each target peer it picks the best path the rules
+allow and sends it with ``neighbor T announce route ...``:
+
+- from a client: to every other peer (clients and non-client reflectors);
+- from a non-client (another reflector): to clients only;
+- never back to the peer it came from, nor to its originator;
+- ORIGINATOR_ID is set to the source's router id if absent; our CLUSTER_ID is prepended
+  to CLUSTER_LIST; a path already carrying our cluster id (or our router id as
+  originator) is a loop and is dropped.
+
+Level-triggered per prefix: what each target was last sent is remembered, so a withdraw
+from one source while another still has the prefix re-announces instead of withdrawing.
+A peer coming up gets everything again (resend on client return); a peer going down
+withdraws what it sent. With ``--install`` (a ToR in Calico's IP-fabric design) the
+reflector also installs the routes in its own kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from knetlab.bgp.kernel import KernelRoutes
+from knetlab.bgp.messages import BgpPath, PeerTable, parse
+
+
+class Reflector:
+    def __init__(self, router_id: str, cluster_id: str, non_clients: set[str],
+                 out: object = sys.stdout) -> None:
+        # Every peer that is not a fellow reflector is a client: membership can change
+        # by reloading ExaBGP's neighbours without restarting this program.
+        self.router_id, self.cluster_id = router_id, cluster_id
+        self.non_clients = non_clients
+        self.table = PeerTable(os.environ.get("KNETLAB_BGP_STATE"))
+        self.up: set[str] = set()
+        self.sent: dict[str, dict[str, BgpPath]] = {}  # target -> prefix -> path sent
+        self.out = out
+
+    def looped(self, path: BgpPath) -> bool:
+        return self.cluster_id in path.cluster_list or path.originator_id == self.router_id
+
+    def best_for(self, prefix: str, target: str) -> BgpPath | None:
+        candidates = []
+        for source, path in sorted(self.table.paths(prefix).items()):
+            if source == target or self.looped(path):
+                continue
+            if source in self.non_clients and target in self.non_clients:
+                continue  # non-client to non-client: never
+            originator = path.originator_id or source
+            if originator == target or path.next_hop == target:
+                continue
+            candidates.append(BgpPath(path.next_hop, originator,
+                                      (self.cluster_id, *path.cluster_list)))
+        return min(candidates, key=lambda p: len(p.cluster_list)) if candidates else None
+
+    def advertise(self, prefix: str, targets: set[str]) -> None:
+        for target in sorted(targets & self.up):
+            sent = self.sent.setdefault(target, {})
+            best = self.best_for(prefix, target)
+            if best is not None and sent.get(prefix) != best:
+                clist = " ".join(best.cluster_list)
+                self.emit(f"neighbor {target} announce route {prefix} next-hop "
+                          f"{best.next_hop} origin igp local-preference 100 originator-id "
+                          f"{best.originator_id} cluster-list [ {clist} ]")
+                sent[prefix] = best
+            elif best is None and prefix in sent:
+                old = sent.pop(prefix)
+                self.emit(f"neighbor {target} withdraw route {prefix} next-hop {old.next_hop}")
+
+    def emit(self, command: str) -> None:
+        self.out.write(command + "\n")  # type: ignore[attr-defined]
+        self.out.flush()  # type: ignore[attr-defined]
+
+    def handle(self, line: str) -> set[str]:
+        ev = parse(line)
+        if ev is None:
+            return set()
+        changed = self.table.apply(ev)
+        if ev.kind == "state" and ev.state == "up":
+            self.up.add(ev.peer)
+            self.sent[ev.peer] = {}  # it remembers nothing of us: send it all again
+            for prefix in self.all_prefixes():
+                self.advertise(prefix, {ev.peer})
+        elif ev.kind == "state" and ev.state == "down":
+            self.up.discard(ev.peer)
+            self.sent.pop(ev.peer, None)
+        for prefix in changed:
+            self.advertise(prefix, self.up - {ev.peer})
+        return changed
+
+    def all_prefixes(self) -> set[str]:
+        return {p for t in self.table.routes.values() for p in t}
+
+    def save(self) -> None:
+        self.table.save({"role": "reflector", "routerId": self.router_id,
+                         "clusterId": self.cluster_id, "nonClients": sorted(self.non_clients)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="knetlab.bgp.reflector")
+    p.add_argument("--router-id", required=True)
+    p.add_argument("--cluster-id", required=True)
+    p.add_argument("--peer", action="append", default=[], help="a non-client reflector")
+    p.add_argument("--install", metavar="POOL", help="also install routes into this kernel")
+    p.add_argument("--self", dest="self_ips", action="append", default=[])
+    args = p.parse_args(argv)
+    rr = Reflector(args.router_id, args.cluster_id, set(args.peer))
+    kernel = KernelRoutes(args.install, set(), set(args.self_ips)) if args.install else None
+    if kernel:
+        kernel.flush()
+    rr.save()
+    for line in sys.stdin:
+        changed = rr.handle(line)
+        if kernel and changed:
+            kernel.sync(changed, {pfx: rr.table.paths(pfx) for pfx in changed})
+        rr.save()
+
+
+if __name__ == "__main__":
+    main()

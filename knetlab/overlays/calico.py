@@ -1,0 +1,320 @@
+"""Calico-style data planes: every node a vRouter announcing its pods' routes over BGP.
+
+- ``calico-bgp``: pure L3, no encapsulation. Each node runs ExaBGP (announcing the node's
+  pod block with next hop = node IP) and knetlab's route installer behind it. Peering
+  (``bgp.mode``): ``mesh`` (node-to-node mesh), ``rr`` (route reflectors in their own
+  namespaces on the segment: knetlab's ExaBGP reflector or BIRD), ``tor`` on leaf-spine
+  (each rack's ToR reflects for its rack and installs routes; spines learn from ToRs).
+- ``calico-ipip``: the same BGP, routes out of ``tunl0`` (refused where the kernel has no
+  IPIP, before anything is built).
+- ``calico-vxlan``: Calico's VXLAN mode, no BGP needed: ``vxlan.calico`` (VNI 4096, UDP
+  4789) programmed from membership; ``mode: CrossSubnet`` routes natively inside a rack
+  and encapsulates only between racks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from knetlab.bgp.bird import Bird, BirdConfig
+from knetlab.bgp.exabgp import ExaBGP, Neighbor, SpeakerConfig
+from knetlab.dataplane import Backend, register
+from knetlab.nodes.host import NetnsHost
+from knetlab.routes import reconcile_routes
+
+if TYPE_CHECKING:
+    from knetlab.daemon import Daemon
+    from knetlab.nodes.k8snode import K8sNode
+    from knetlab.topologies.fields import Fields
+    from knetlab.topologies.schema import ClusterSpec
+
+log = logging.getLogger("knetlab.calico")
+CONVERGE_TIMEOUT = 15.0
+MESH, RR, TOR = "node-to-node mesh", "route reflector", "ToR"
+
+
+@register
+class CalicoBgpBackend(Backend):
+    name = "calico-bgp"
+    section: ClassVar[str | None] = "bgp"
+    encap = "none"
+
+    @classmethod
+    def validate(cls, spec: ClusterSpec, f: Fields) -> dict[str, Any]:
+        f.only(["mode", "asn", "holdTime", "reflectors", "reflector", "clusterId"])
+        leaf = spec.underlay.type == "leaf-spine"
+        mode = f.str("mode", "tor" if leaf else "mesh", choices=["mesh", "rr", "tor"])
+        if (mode == "tor") != leaf and cls.encap == "none":
+            raise f.error("mode", f"bgp.mode {mode} does not fit underlay.type "
+                          f"{spec.underlay.type}: on leaf-spine the fabric must learn pod "
+                          "routes (tor), and tor needs racks",
+                          "use mode: tor on leaf-spine, mesh or rr on a segment")
+        cluster_id = f.str("clusterId", "") or None
+        if cluster_id:
+            try:
+                ipaddress.IPv4Address(cluster_id)
+            except ValueError:
+                raise f.error("clusterId", f"{cluster_id!r} is not a dotted quad",
+                              "write an IPv4-style id such as 244.0.0.1") from None
+        return {"mode": mode, "asn": f.int("asn", 64512, lo=1, hi=4294967294),
+                "hold": f.int("holdTime", 3, lo=3, hi=65535),
+                "reflectors": f.int("reflectors", 2, lo=1, hi=8),
+                "impl": f.str("reflector", "exabgp", choices=["exabgp", "bird"]),
+                "cluster_id": cluster_id}
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        self.speakers: dict[str, ExaBGP] = {}
+        self.reflectors: dict[str, Daemon] = {}  # owner -> ExaBGP or Bird
+        self.rr_ips: dict[str, str] = {}  # owner -> address its clients peer with
+        self.rr_hosts: dict[str, NetnsHost] = {}
+
+    # -- reflectors ------------------------------------------------------------------
+    def setup(self) -> None:
+        mode = self.settings["mode"]
+        if mode == "rr":
+            self._reflector_hosts()
+        elif mode == "tor":
+            for rack, tor in self.cluster.underlay.tors.items():
+                self.rr_hosts[tor.name] = tor
+                self.rr_ips[tor.name] = str(self.cluster.spec.underlay.gateway(rack))
+        for owner in self.rr_hosts:
+            self._start_reflector(owner)
+        if mode == "tor":
+            for spine in self.cluster.underlay.spines:
+                self._start_spine(spine)
+
+    def _reflector_hosts(self) -> None:
+        """Route reflectors in their own namespaces on the segment, at its top addresses."""
+        net, cidr = self.cluster.net, self.cluster.spec.underlay.cidr
+        switch = self.cluster.underlay.switches[1]
+        for k in range(1, self.settings["reflectors"] + 1):
+            host = net.addHost(f"rr-{k}", cls=NetnsHost, rundir=self.cluster.rundir, ip=None)
+            link = net.addLink(host, switch)
+            switch.attach(link.intf2)
+            ip = str(cidr.broadcast_address - k)
+            host.ip_batch([f"addr add {ip}/{cidr.prefixlen} dev {link.intf1.name}",
+                           f"link set {link.intf1.name} up", "link set lo up"])
+            self.rr_hosts[host.name], self.rr_ips[host.name] = host, ip
+
+    def _cluster_id(self, owner: str) -> str:
+        return self.settings["cluster_id"] or self.rr_ips[owner]
+
+    def _start_reflector(self, owner: str) -> None:
+        host, s = self.rr_hosts[owner], self.settings
+        others = [ip for o, ip in self.rr_ips.items() if o != owner]
+        if s["impl"] == "bird":
+            cfg = BirdConfig(self.rr_ips[owner], self._cluster_id(owner), s["asn"], s["hold"],
+                             str(self._client_range(owner)), others)
+            daemon: Daemon = Bird(self.cluster.rundir, owner, host.netns, cfg)
+        else:
+            daemon = ExaBGP(self.cluster.rundir, owner, host.netns, self._rr_config(owner))
+        daemon.start()
+        self.reflectors[owner] = daemon
+
+    def _client_range(self, owner: str) -> ipaddress.IPv4Network:
+        u = self.cluster.spec.underlay
+        if self.settings["mode"] == "tor":
+            return u.rack_subnet(int(owner.split("-")[1]))
+        return u.cidr
+
+    def _rr_config(self, owner: str) -> SpeakerConfig:
+        me = self.rr_ips[owner]
+        neighbors = [Neighbor(ip, me, RR) for o, ip in self.rr_ips.items() if o != owner]
+        neighbors += [Neighbor(n.node_ip, me, "route reflector client")
+                      for n in self.cluster.k8s_nodes()
+                      if ipaddress.ip_address(n.node_ip) in self._client_range(owner)]
+        args = ["knetlab.bgp.reflector", "--router-id", me, "--cluster-id",
+                self._cluster_id(owner)]
+        for n in neighbors:
+            if n.kind == RR:
+                args += ["--peer", n.address]
+        if self.settings["mode"] == "tor":  # a ToR forwards: it installs what it learns
+            rack = int(owner.split("-")[1])
+            for (r, _k), (tor_ip, spine_ip) in self.cluster.underlay.spine_links.items():
+                if r == rack:
+                    neighbors.append(Neighbor(spine_ip, tor_ip, "spine (client)"))
+                    args += ["--self", tor_ip]
+            args += ["--install", str(self.cluster.spec.pod_cidr), "--self", me]
+        return SpeakerConfig(me, self.settings["asn"], self.settings["hold"], neighbors, [],
+                             args)
+
+    def _start_spine(self, spine: NetnsHost) -> None:
+        """A spine is a client of every ToR; it installs routes, announces nothing."""
+        links = [(tor_ip, spine_ip) for (_r, k), (tor_ip, spine_ip)
+                 in self.cluster.underlay.spine_links.items() if f"spine-{k}" == spine.name]
+        neighbors = [Neighbor(tor_ip, spine_ip, TOR) for tor_ip, spine_ip in links]
+        args = ["knetlab.bgp.installer", "--pool", str(self.cluster.spec.pod_cidr)]
+        cfg = SpeakerConfig(links[0][1], self.settings["asn"], self.settings["hold"],
+                            neighbors, [], args)
+        speaker = ExaBGP(self.cluster.rundir, spine.name, spine.netns, cfg)
+        speaker.start()
+        self.reflectors[spine.name] = speaker
+
+    # -- node speakers ---------------------------------------------------------------
+    def _node_config(self, node: K8sNode) -> SpeakerConfig:
+        mode, me = self.settings["mode"], node.node_ip
+        if mode == "mesh":
+            neighbors = [Neighbor(p.node_ip, me, MESH) for p in self.cluster.k8s_nodes()
+                         if p is not node]
+        elif mode == "rr":
+            neighbors = [Neighbor(ip, me, RR) for ip in self.rr_ips.values()]
+        else:
+            neighbors = [Neighbor(self.rr_ips[f"tor-{node.spec.rack}"], me, TOR)]
+        args = ["knetlab.bgp.installer", "--pool", str(self.cluster.spec.pod_cidr),
+                "--self", me, "--own", node.spec.pod_cidr, "--encap", self.encap]
+        return SpeakerConfig(me, self.settings["asn"], self.settings["hold"], neighbors,
+                             [(node.spec.pod_cidr, me)], args)
+
+    def setup_node(self, node: K8sNode) -> None:
+        self.prepare_node(node)
+
+    def prepare_node(self, node: K8sNode) -> None:
+        """Encapsulating variants create their tunnel device here."""
+
+    def sync(self) -> None:
+        """Start speakers of new nodes; reload every speaker whose peers changed."""
+        for node in self.cluster.k8s_nodes():
+            cfg = self._node_config(node)
+            if node.name in self.speakers:
+                self.speakers[node.name].reconfigure(cfg)
+            else:
+                speaker = ExaBGP(self.cluster.rundir, node.name, node.netns, cfg)
+                speaker.start()
+                self.speakers[node.name] = speaker
+        for owner, daemon in self.reflectors.items():
+            if isinstance(daemon, ExaBGP) and owner in self.rr_hosts:
+                daemon.reconfigure(self._rr_config(owner))
+        self.wait_converged()
+
+    def learned(self, node: str) -> set[str]:
+        """Prefixes a node's installer has learned from any peer (its state file)."""
+        try:
+            state = json.loads(self.speakers[node].state_file.read_text())
+        except (OSError, ValueError, KeyError):
+            return set()
+        return {p for table in state.get("routes", {}).values() for p in table}
+
+    def wait_converged(self, timeout: float = CONVERGE_TIMEOUT) -> bool:
+        """Poll until every node has learned every other node's block (bring-up and
+        membership changes return converged, so `up --check` never races BGP)."""
+        deadline = time.monotonic() + timeout
+        nodes = self.cluster.k8s_nodes()
+        while time.monotonic() < deadline:
+            if all(self.learned(n.name) >= {p.spec.pod_cidr for p in nodes if p is not n}
+                   for n in nodes):
+                return True
+            time.sleep(0.02)
+        log.warning("BGP not converged after %.0fs; see `knetlab bgp status`", timeout)
+        return False
+
+    def remove_node(self, node: K8sNode) -> None:
+        speaker = self.speakers.pop(node.name, None)
+        if speaker:
+            speaker.stop()  # SIGTERM: ExaBGP closes its sessions, peers withdraw at once
+
+    def teardown(self) -> None:
+        for daemon in [*self.speakers.values(), *self.reflectors.values()]:
+            daemon.stop()
+        self.speakers, self.reflectors = {}, {}
+
+    # -- views -----------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {"bgp": {"mode": self.settings["mode"], "asn": self.settings["asn"],
+                        "reflector": self.settings["impl"], "reflectors": self.rr_ips,
+                        "speakers": {n: d.pid for n, d in self.speakers.items()}}}
+
+    def cli_commands(self) -> dict[str, Any]:
+        from knetlab.bgp import status
+        rundir = self.cluster.rundir
+        return {"bgp": lambda line: status.status_text(rundir, line.strip() or None),
+                "bgproutes": lambda line: status.routes_text(rundir, line.strip())}
+
+
+@register
+class CalicoIpipBackend(CalicoBgpBackend):
+    """Calico's IPIP mode: BGP as calico-bgp, pod traffic out of ``tunl0``."""
+    name = "calico-ipip"
+    encap = "ipip"
+    kernel_features: ClassVar[tuple[str, ...]] = ("ipip",)
+
+    def prepare_node(self, node: K8sNode) -> None:
+        # tunl0 appears when the ipip module loads; give it the node's block gateway so
+        # replies leave with a pod-network source, and the pod MTU minus 20 bytes.
+        node.ip_batch(["link set tunl0 up mtu 1480",
+                       f"addr replace {node.spec.pod_gateway}/32 dev tunl0"],
+                      context=f"set up tunl0 on {node.name}")
+
+    def cni_config(self, node: K8sNode) -> dict[str, Any]:
+        return node.default_cni_config(mtu=1480)
+
+
+@register
+class CalicoVxlanBackend(Backend):
+    """Calico's VXLAN mode: ``vxlan.calico`` on every node, programmed from membership
+    (as Felix does from the datastore; BGP is not needed for reachability).
+
+    Per peer: route ``block via VTEP dev vxlan.calico onlink``, neighbour ``VTEP lladdr
+    MAC``, FDB ``MAC dst NODE_IP``; the MAC is derived from the node IP so nothing is
+    read back. ``mode: CrossSubnet``: peers in the same rack are routed natively.
+    """
+    name = "calico-vxlan"
+    section: ClassVar[str | None] = "vxlan"
+    kernel_features: ClassVar[tuple[str, ...]] = ("vxlan",)
+    DEV, VNI, PORT, MTU = "vxlan.calico", 4096, 4789, 1450
+
+    @classmethod
+    def validate(cls, spec: ClusterSpec, f: Fields) -> dict[str, Any]:
+        f.only(["mode"])
+        return {"mode": f.str("mode", "Always", choices=["Always", "CrossSubnet"])}
+
+    @staticmethod
+    def vtep_mac(node: K8sNode) -> str:
+        return "66:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(node.node_ip).packed) \
+            + ":01"
+
+    @staticmethod
+    def vtep_ip(node: K8sNode) -> str:
+        return str(ipaddress.IPv4Network(node.spec.pod_cidr).network_address)
+
+    def setup_node(self, node: K8sNode) -> None:
+        dev = self.DEV
+        node.ip_batch([
+            f"link add {dev} type vxlan id {self.VNI} local {node.node_ip} dev {node.uplink} "
+            f"dstport {self.PORT} nolearning",
+            f"link set {dev} address {self.vtep_mac(node)} mtu {self.MTU} up",
+            f"addr add {self.vtep_ip(node)}/32 dev {dev}",
+        ], context=f"create {dev} on {node.name}")
+
+    def cni_config(self, node: K8sNode) -> dict[str, Any]:
+        return node.default_cni_config(mtu=self.MTU)
+
+    def encapsulate(self, a: K8sNode, b: K8sNode) -> bool:
+        return self.settings["mode"] == "Always" or a.spec.rack != b.spec.rack
+
+    def sync(self) -> None:
+        nodes = self.cluster.k8s_nodes()
+        for node in nodes:
+            routes, neigh, fdb = {}, [], []
+            for peer in (p for p in nodes if p is not node):
+                if not self.encapsulate(node, peer):
+                    routes[peer.spec.pod_cidr] = f"via {peer.node_ip}"
+                    continue
+                # Order as flannel does: neighbour and FDB first, the route last.
+                mac = self.vtep_mac(peer)
+                neigh.append(f"neigh replace {self.vtep_ip(peer)} lladdr {mac} dev {self.DEV} "
+                             "nud permanent")
+                fdb.append(f"fdb replace {mac} dev {self.DEV} dst {peer.node_ip} self permanent")
+                routes[peer.spec.pod_cidr] = f"via {self.vtep_ip(peer)} dev {self.DEV} onlink"
+            if fdb:
+                node.run(["bridge", "-batch", "-"], input="\n".join(fdb) + "\n",
+                         context=f"program {self.DEV} FDB on {node.name}")
+                node.ip_batch(neigh, context=f"program {self.DEV} neighbours on {node.name}")
+            reconcile_routes(node, routes)
+
+    def describe(self) -> dict[str, Any]:
+        return {"vxlan": {"device": self.DEV, "vni": self.VNI, "mode": self.settings["mode"]}}
