@@ -2,3 +2,4 @@
 
 import knetlab.overlays.flannel  # noqa: F401
 from knetlab.overlays import static_routes  # noqa: F401
+from knetlab.overlays import calico  # noqa: F401
