@@ -3,7 +3,9 @@ for the UDP backend, the TUN/UDP forwarder. Both are ``Daemon``s: run dir, pid f
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from knetlab.daemon import Daemon
@@ -13,7 +15,23 @@ if TYPE_CHECKING:
     from knetlab.store import Store
 
 
-class FlannelAgent(Daemon):
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b"\0gone"
+
+
+class _ExecAware(Daemon):
+    def alive(self) -> bool:
+        """Also alive between fork and exec, when the child still shows our command line
+        (Daemon.alive alone reports such a fresh child as dead: a start-up race)."""
+        if super().alive():
+            return True
+        return self.pid is not None and _cmdline(self.pid) == _cmdline(os.getpid())
+
+
+class FlannelAgent(_ExecAware):
     name = "flanneld"
 
     def __init__(self, node: K8sNode, store: Store) -> None:
@@ -35,7 +53,7 @@ class FlannelAgent(Daemon):
         super().start()
 
 
-class UdpForwarder(Daemon):
+class UdpForwarder(_ExecAware):
     name = "flannel-udp"
 
     def __init__(self, node: K8sNode, store: Store, subnet_len: int) -> None:
