@@ -1,0 +1,108 @@
+"""Benchmark of the flannel data planes: iperf3 TCP throughput and ping RTT pod to pod
+across nodes for host-gw, vxlan and udp, each beside the host-to-host (node IP) baseline
+measured in the same lab, plus the CPU time the agents / UDP forwarders spent per GB.
+
+``run(out_dir)`` writes ``flannel.md`` (Markdown table) and ``flannel.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from knetlab import shell
+from knetlab.cluster import Cluster
+from knetlab.daemon import stop_pid
+from knetlab.topologies.schema import load_topology
+
+TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
+SECONDS = 4  # per iperf3 run
+PORT = 5211
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int | None) -> float:
+    """utime + stime of a process in seconds (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def iperf(server_ns: str, server_ip: str, client_ns: str, tmp: Path) -> float:
+    """Gbit/s of one TCP iperf3 run (server daemonized with -1, killed by pid after)."""
+    pidfile = tmp / "iperf3.pid"
+    pidfile.unlink(missing_ok=True)
+    shell.run(["iperf3", "-s", "-1", "-D", "-p", str(PORT), "-I", str(pidfile)],
+              netns=server_ns)
+    try:
+        deadline = time.monotonic() + 5
+        while "LISTEN" not in shell.run(["ss", "-ltn", f"sport = :{PORT}"],
+                                        netns=server_ns).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError("iperf3 server did not listen")
+            time.sleep(0.05)
+        out = shell.run(["iperf3", "-c", server_ip, "-p", str(PORT), "-t", str(SECONDS), "-J",
+                         "--connect-timeout", "3000"], netns=client_ns,
+                        timeout=SECONDS + 20).stdout
+    finally:
+        if pidfile.exists():
+            stop_pid(int(pidfile.read_text().split()[0]), "iperf3", 2)
+    result = json.loads(out)
+    if "error" in result:
+        raise RuntimeError(f"iperf3 to {server_ip}: {result['error']}")
+    return result["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def rtt(ns: str, ip: str) -> float:
+    """Average ping RTT in ms (50 pings, 10 ms apart)."""
+    out = shell.run(["ping", "-q", "-c", "50", "-i", "0.01", "-W", "1", ip], netns=ns).stdout
+    m = re.search(r"= [\d.]+/([\d.]+)/", out)
+    return float(m.group(1)) if m else float("nan")
+
+
+def bench_one(topology: Path, name: str, tmp: Path) -> dict[str, Any]:
+    spec = load_topology(topology)
+    spec.name = f"fl-bench-{name}"
+    with Cluster(spec) as c:
+        n1, n2 = c.node("node-1"), c.node("node-2")
+        p1, p2 = c.pod("pod-1-0"), c.pod("pod-2-0")
+        assert c.backend is not None
+        daemons = [d.pid for t in (c.backend.agents, c.backend.forwarders)
+                   for d in t.values()]
+        host_gbps = iperf(n2.netns, n2.node_ip, n1.netns, tmp)
+        cpu0 = sum(_cpu(p) for p in daemons)
+        pod_gbps = iperf(p2.netns, p2.ip, p1.netns, tmp)
+        cpu = sum(_cpu(p) for p in daemons) - cpu0
+        gb = pod_gbps * SECONDS / 8
+        return {"backend": name, "host_gbps": round(host_gbps, 2),
+                "pod_gbps": round(pod_gbps, 2),
+                "host_rtt_ms": rtt(n1.netns, n2.node_ip), "pod_rtt_ms": rtt(p1.netns, p2.ip),
+                "daemon_cpu_s_per_gb": round(cpu / gb, 2) if gb else None}
+
+
+def run(out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hostgw = out_dir / "fl-bench-hostgw.yaml"
+    hostgw.write_text("name: fl-bench-host-gw\ndataplane: host-gw\nnodes: {count: 2}\n"
+                      "pods: {perNode: 1}\n")
+    cases = [("host-gw", hostgw), ("vxlan", TOPOLOGIES / "flannel-vxlan.yaml"),
+             ("udp", TOPOLOGIES / "flannel-udp.yaml")]
+    rows = [bench_one(path, name, out_dir) for name, path in cases]
+    with (out_dir / "flannel.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    md = ["## flannel data planes (iperf3 TCP, one stream, pod to pod across nodes)", "",
+          "| backend | host-to-host Gbit/s | pod-to-pod Gbit/s | host RTT ms | pod RTT ms "
+          "| agent+forwarder CPU s/GB |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['backend']} | {r['host_gbps']} | {r['pod_gbps']} | {r['host_rtt_ms']} | "
+           f"{r['pod_rtt_ms']} | {r['daemon_cpu_s_per_gb']} |" for r in rows]
+    (out_dir / "flannel.md").write_text("\n".join(md) + "\n")
+    return {r["backend"]: r for r in rows}
