@@ -111,6 +111,7 @@ def _extension_modules() -> list[Any]:
 EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.overlays.flannel.commands",
     "knetlab.docker.cli",
+    "knetlab.bgp.commands",
 ]
 
 

@@ -82,8 +82,6 @@ class CalicoBgpBackend(Backend):
             for rack, tor in self.cluster.underlay.tors.items():
                 self.rr_hosts[tor.name] = tor
                 self.rr_ips[tor.name] = str(self.cluster.spec.underlay.gateway(rack))
-        for owner in self.rr_hosts:
-            self._start_reflector(owner)
         if mode == "tor":
             for spine in self.cluster.underlay.spines:
                 self._start_spine(spine)
@@ -178,6 +176,14 @@ class CalicoBgpBackend(Backend):
 
     def sync(self) -> None:
         """Start speakers of new nodes; reload every speaker whose peers changed."""
+        # Reflectors first and with the whole membership: ExaBGP drops routes its API
+        # program injected when a reload touches a neighbour, so avoid reloads at start.
+        for owner in self.rr_hosts:
+            daemon = self.reflectors.get(owner)
+            if daemon is None:
+                self._start_reflector(owner)
+            elif isinstance(daemon, ExaBGP):
+                daemon.reconfigure(self._rr_config(owner))
         for node in self.cluster.k8s_nodes():
             cfg = self._node_config(node)
             if node.name in self.speakers:
@@ -186,27 +192,31 @@ class CalicoBgpBackend(Backend):
                 speaker = ExaBGP(self.cluster.rundir, node.name, node.netns, cfg)
                 speaker.start()
                 self.speakers[node.name] = speaker
-        for owner, daemon in self.reflectors.items():
-            if isinstance(daemon, ExaBGP) and owner in self.rr_hosts:
-                daemon.reconfigure(self._rr_config(owner))
         self.wait_converged()
 
-    def learned(self, node: str) -> set[str]:
-        """Prefixes a node's installer has learned from any peer (its state file)."""
+    def learned(self, node: str) -> set[tuple[str, str]]:
+        """(peer, prefix) pairs a node's installer has learned (from its state file)."""
         try:
             state = json.loads(self.speakers[node].state_file.read_text())
         except (OSError, ValueError, KeyError):
             return set()
-        return {p for table in state.get("routes", {}).values() for p in table}
+        return {(peer, p) for peer, table in state.get("routes", {}).items() for p in table}
+
+    def expected(self, node: K8sNode) -> set[tuple[str, str]]:
+        """What a converged node has learned: every other block, from every peer that
+        should carry it (each reflector, with two: they are independent)."""
+        nodes = self.cluster.k8s_nodes()
+        if self.settings["mode"] == "mesh":
+            return {(p.node_ip, p.spec.pod_cidr) for p in nodes if p is not node}
+        peers = [n.address for n in self._node_config(node).neighbors]
+        return {(peer, p.spec.pod_cidr) for peer in peers for p in nodes if p is not node}
 
     def wait_converged(self, timeout: float = CONVERGE_TIMEOUT) -> bool:
-        """Poll until every node has learned every other node's block (bring-up and
-        membership changes return converged, so `up --check` never races BGP)."""
+        """Poll until every node has learned everything (bring-up and membership changes
+        return converged, so `up --check` never races BGP)."""
         deadline = time.monotonic() + timeout
-        nodes = self.cluster.k8s_nodes()
         while time.monotonic() < deadline:
-            if all(self.learned(n.name) >= {p.spec.pod_cidr for p in nodes if p is not n}
-                   for n in nodes):
+            if all(self.learned(n.name) >= self.expected(n) for n in self.cluster.k8s_nodes()):
                 return True
             time.sleep(0.02)
         log.warning("BGP not converged after %.0fs; see `knetlab bgp status`", timeout)

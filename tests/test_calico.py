@@ -1,0 +1,85 @@
+"""Unit tests of the Calico BGP pieces that need no root: ExaBGP config rendering, JSON
+parsing, and the route reflector's RFC 4456 rules (fed ExaBGP JSON, reading its commands)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from knetlab.bgp.exabgp import Neighbor, SpeakerConfig, render
+from knetlab.bgp.messages import parse
+from knetlab.bgp.reflector import Reflector
+
+
+def state(peer: str, st: str) -> str:
+    return json.dumps({"type": "state", "neighbor": {"address": {"peer": peer}, "state": st}})
+
+
+def update(peer: str, prefix: str, nh: str, withdraw: bool = False, **attrs: object) -> str:
+    body = ({"withdraw": {"ipv4 unicast": [{"nlri": prefix}]}} if withdraw else
+            {"attribute": attrs, "announce": {"ipv4 unicast": {nh: [{"nlri": prefix}]}}})
+    return json.dumps({"type": "update", "neighbor": {"address": {"peer": peer},
+                                                      "message": {"update": body}}})
+
+
+def test_render_has_every_neighbor_and_route() -> None:
+    cfg = SpeakerConfig("192.168.0.11", 64512, 3,
+                        [Neighbor("192.168.0.12", "192.168.0.11")],
+                        [("10.244.1.0/24", "192.168.0.11")], ["knetlab.bgp.installer"])
+    text = render(cfg, python="/usr/bin/python3")
+    assert "neighbor 192.168.0.12 {" in text and "hold-time 3;" in text
+    assert "route 10.244.1.0/24 next-hop 192.168.0.11;" in text
+    assert "run /usr/bin/python3 -m knetlab.bgp.installer;" in text
+
+
+def test_parse_announce_with_reflection_attributes() -> None:
+    ev = parse(update("192.168.0.254", "10.244.2.0/24", "192.168.0.12",
+                      **{"originator-id": "192.168.0.12", "cluster-list": ["192.168.0.254"]}))
+    assert ev and ev.announce["10.244.2.0/24"].cluster_list == ("192.168.0.254",)
+
+
+def reflector() -> tuple[Reflector, io.StringIO]:
+    out = io.StringIO()
+    rr = Reflector("192.168.0.254", "192.168.0.254", {"192.168.0.253"}, out=out)
+    for peer in ("192.168.0.11", "192.168.0.12", "192.168.0.253"):
+        rr.handle(state(peer, "up"))
+    return rr, out
+
+
+def test_reflects_client_route_to_others_not_back() -> None:
+    rr, out = reflector()
+    rr.handle(update("192.168.0.11", "10.244.1.0/24", "192.168.0.11"))
+    lines = out.getvalue().splitlines()
+    assert not any(line.startswith("neighbor 192.168.0.11 ") for line in lines)
+    to12 = [line for line in lines if line.startswith("neighbor 192.168.0.12 announce")]
+    assert to12 and "originator-id 192.168.0.11" in to12[0]
+    assert "cluster-list [ 192.168.0.254 ]" in to12[0]
+    assert any(line.startswith("neighbor 192.168.0.253 announce") for line in lines)
+
+
+def test_non_client_route_goes_to_clients_only_and_loops_drop() -> None:
+    rr, out = reflector()
+    rr.handle(update("192.168.0.253", "10.244.9.0/24", "192.168.0.19",
+                     **{"originator-id": "192.168.0.19", "cluster-list": ["192.168.0.253"]}))
+    text = out.getvalue()
+    assert "cluster-list [ 192.168.0.254 192.168.0.253 ]" in text
+    out.truncate(0)
+    out.seek(0)
+    rr.handle(update("192.168.0.253", "10.244.8.0/24", "192.168.0.18",
+                     **{"cluster-list": ["192.168.0.254"]}))  # carries our id: a loop
+    assert out.getvalue() == ""
+
+
+def test_withdraw_and_peer_down_and_resend_on_return() -> None:
+    rr, out = reflector()
+    rr.handle(update("192.168.0.11", "10.244.1.0/24", "192.168.0.11"))
+    out.truncate(0)
+    out.seek(0)
+    rr.handle(state("192.168.0.11", "down"))
+    assert "neighbor 192.168.0.12 withdraw route 10.244.1.0/24" in out.getvalue()
+    rr.handle(update("192.168.0.11", "10.244.1.0/24", "192.168.0.11"))
+    rr.handle(state("192.168.0.12", "down"))
+    out.truncate(0)
+    out.seek(0)
+    rr.handle(state("192.168.0.12", "up"))  # a client returns: it gets everything again
+    assert "neighbor 192.168.0.12 announce route 10.244.1.0/24" in out.getvalue()
