@@ -163,8 +163,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _up_detached(args: argparse.Namespace, name: str) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "knetlab.supervisor", args.topology],
-                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     assert proc.stdout
     for line in proc.stdout:
         if line.startswith("READY"):
@@ -172,6 +172,7 @@ def _up_detached(args: argparse.Namespace, name: str) -> int:
         if line.startswith("ERROR:"):
             proc.wait()
             raise KnetlabError(line[len("ERROR:"):].strip())
+        sys.stderr.write(line)  # the supervisor's warnings during bring-up
     else:
         proc.wait()
         raise KnetlabError(f"supervisor of {name} exited ({proc.returncode}) before ready")

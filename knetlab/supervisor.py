@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -65,7 +66,12 @@ def serve(topology: str) -> int:
     server.listen(16)
     server.settimeout(0.5)
     print("READY", flush=True)
-    sys.stdout = sys.stderr = open(cluster.rundir.path / "supervisor.log", "a")  # noqa: SIM115
+    # From now on the CLI that started us is gone: stdout/stderr (fd level, so logging and
+    # child processes follow) go to the lab's log, not to a pipe nobody reads.
+    logfd = os.open(cluster.rundir.path / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(logfd, 1)
+    os.dup2(logfd, 2)
+    os.close(logfd)
     try:
         while not stop:
             try:

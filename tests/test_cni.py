@@ -1,0 +1,144 @@
+"""The CNI protocol, end to end with real namespaces: ADD/CHECK/DEL/VERSION through the
+runtime, every spec error code path, chaining with prevResult, the reference plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import needs_root
+
+from knetlab.cni.runtime import KNETLAB_PLUGINS, REFERENCE_PLUGINS, CNIRuntime
+from knetlab.cni.types import CNIError
+
+pytestmark = needs_root
+
+
+@pytest.fixture
+def netns() -> Iterator[object]:
+    """Factory of throwaway named namespaces (kl-prefixed), always removed."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"klt{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        made.append(name)
+        return f"/var/run/netns/{name}"
+
+    yield make
+    for path in made:
+        subprocess.run(["ip", "netns", "del", os.path.basename(path)], check=False)
+
+
+def conf_list(tmp_path: Path, plugins: list[dict] | None = None, version: str = "1.0.0") -> dict:
+    bridge = {"type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True,
+              "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/24"}]],
+                       "dataDir": str(tmp_path / "ipam")}}
+    return {"cniVersion": version, "name": "t", "plugins": [bridge, *(plugins or [])]}
+
+
+def in_ns(path: str, *argv: str) -> str:
+    return subprocess.run(["nsenter", f"--net={path}", "--", *argv], capture_output=True,
+                          text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("plugins", ["knetlab", "reference"])
+def test_add_check_del(tmp_path: Path, netns: object, plugins: str) -> None:
+    if plugins == "reference" and not Path(REFERENCE_PLUGINS, "bridge").exists():
+        pytest.skip("containernetworking-plugins not installed")
+    node, pod = netns(), netns()
+    path = KNETLAB_PLUGINS if plugins == "knetlab" else REFERENCE_PLUGINS
+    rt = CNIRuntime(conf_list(tmp_path), [path], tmp_path / "cache", plugin_netns=node)
+    result = rt.add("c1", pod, "eth0")
+    assert result["ips"][0]["address"] == "10.77.0.2/24"
+    assert result["interfaces"][result["ips"][0]["interface"]]["sandbox"] == pod
+    assert "inet 10.77.0.2/24" in in_ns(pod, "ip", "-4", "addr", "show", "eth0")
+    assert "default via 10.77.0.1" in in_ns(pod, "ip", "route")
+    # a real packet: the pod pings its gateway on the node's bridge
+    in_ns(pod, "ping", "-c1", "-W2", "10.77.0.1")
+    rt.check("c1", pod, "eth0")
+    rt.delete("c1", pod, "eth0")
+    assert "eth0" not in in_ns(pod, "ip", "link")
+    rt.delete("c1", pod, "eth0")  # DEL twice is fine
+    with pytest.raises(CNIError):
+        rt.check("c1", pod, "eth0")  # nothing cached any more
+
+
+def test_check_detects_missing_address(tmp_path: Path, netns: object) -> None:
+    node, pod = netns(), netns()
+    rt = CNIRuntime(conf_list(tmp_path), [KNETLAB_PLUGINS], tmp_path / "cache", node)
+    rt.add("c1", pod)
+    in_ns(pod, "ip", "addr", "flush", "dev", "eth0")
+    with pytest.raises(CNIError, match="lacks 10.77.0.2/24"):
+        rt.check("c1", pod)
+
+
+def test_version() -> None:
+    rt = CNIRuntime(conf_list(Path("/tmp")), [KNETLAB_PLUGINS], Path("/tmp/unused"))
+    out = rt.version("bridge")
+    assert "1.0.0" in out["supportedVersions"] and out["cniVersion"] == "1.1.0"
+
+
+def raw(plugin: str, env: dict[str, str], stdin: str) -> tuple[int, dict]:
+    base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_PATH": KNETLAB_PLUGINS}
+    p = subprocess.run([str(Path(KNETLAB_PLUGINS) / plugin)], input=stdin, capture_output=True,
+                       text=True, env={**base, **env})
+    return p.returncode, json.loads(p.stdout)
+
+
+ADD_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x", "CNI_NETNS": "/proc/self/ns/net",
+           "CNI_IFNAME": "eth0"}
+
+
+@pytest.mark.parametrize("env,stdin,code", [
+    (ADD_ENV, '{"cniVersion": "9.9.9", "name": "n", "ipam": {"type": "host-local"}}', 1),
+    ({"CNI_COMMAND": "ADD"}, '{"cniVersion": "1.0.0", "name": "n"}', 4),
+    ({**ADD_ENV, "CNI_COMMAND": "FROB"}, "{}", 4),
+    (ADD_ENV, "not json", 6),
+    (ADD_ENV, '{"cniVersion": "1.0.0", "name": "n"}', 7),
+    (ADD_ENV, '{"name": "n", "ipam": {"type": "host-local"}}', 7),
+])
+def test_error_codes(env: dict[str, str], stdin: str, code: int) -> None:
+    rc, err = raw("bridge", env, stdin)
+    assert rc == 1 and err["code"] == code and err["msg"]
+
+
+def test_missing_plugin_is_reported(tmp_path: Path) -> None:
+    conf = conf_list(tmp_path, [{"type": "no-such-plugin"}])
+    rt = CNIRuntime(conf, [KNETLAB_PLUGINS], tmp_path / "cache")
+    with pytest.raises(CNIError, match="failed to find plugin"):
+        rt.version("no-such-plugin")
+
+
+def test_chain_passes_prev_result_and_dels_in_reverse(tmp_path: Path, netns: object) -> None:
+    """A second plugin in the list gets the bridge's result as prevResult and must return it
+    (here with DNS added); DEL runs the list backwards."""
+    log = tmp_path / "order.log"
+    plugdir = tmp_path / "plugins"
+    plugdir.mkdir()
+    chained = plugdir / "stamp"
+    chained.write_text(f"""#!/usr/bin/python3
+import json, os, sys
+conf = json.load(sys.stdin)
+with open({str(log)!r}, "a") as f:
+    f.write(os.environ["CNI_COMMAND"] + " stamp " + str("prevResult" in conf) + "\\n")
+if os.environ["CNI_COMMAND"] == "ADD":
+    res = conf["prevResult"]; res["dns"] = {{"nameservers": ["10.96.0.10"]}}
+    print(json.dumps(res))
+""")
+    chained.chmod(0o755)
+    node, pod = netns(), netns()
+    rt = CNIRuntime(conf_list(tmp_path, [{"type": "stamp"}]), [KNETLAB_PLUGINS, str(plugdir)],
+                    tmp_path / "cache", node)
+    result = rt.add("c1", pod)
+    assert result["dns"] == {"nameservers": ["10.96.0.10"]}
+    assert result["ips"][0]["address"] == "10.77.0.2/24"
+    rt.delete("c1", pod)
+    assert log.read_text().splitlines() == ["ADD stamp True", "DEL stamp True"]
+    assert "eth0" not in in_ns(pod, "ip", "link")  # bridge DEL ran after stamp's
