@@ -23,6 +23,8 @@ from knetlab.topologies.schema import load_topology
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 SECONDS = 4  # per iperf3 run
 PORT = 5211
+FIELDS = ["backend", "host_gbps", "pod_gbps", "host_rtt_ms", "pod_rtt_ms",
+          "daemon_cpu_s_per_gb"]
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -94,15 +96,23 @@ def run(out_dir: Path) -> dict[str, Any]:
                       "pods: {perNode: 1}\n")
     cases = [("host-gw", hostgw), ("vxlan", TOPOLOGIES / "flannel-vxlan.yaml"),
              ("udp", TOPOLOGIES / "flannel-udp.yaml")]
-    rows = [bench_one(path, name, out_dir) for name, path in cases]
+    rows = []
+    for name, path in cases:
+        try:
+            rows.append(bench_one(path, name, out_dir))
+        except Exception as exc:  # noqa: BLE001 - one backend failing must not hide the rest
+            rows.append({"backend": name, "host_gbps": None, "pod_gbps": None,
+                         "host_rtt_ms": None, "pod_rtt_ms": None, "daemon_cpu_s_per_gb": None,
+                         "error": str(exc)[:200]})
     with (out_dir / "flannel.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=[*FIELDS, "error"], restval="")
         w.writeheader()
         w.writerows(rows)
     md = ["## flannel data planes (iperf3 TCP, one stream, pod to pod across nodes)", "",
           "| backend | host-to-host Gbit/s | pod-to-pod Gbit/s | host RTT ms | pod RTT ms "
           "| agent+forwarder CPU s/GB |", "|---|---|---|---|---|---|"]
     md += [f"| {r['backend']} | {r['host_gbps']} | {r['pod_gbps']} | {r['host_rtt_ms']} | "
-           f"{r['pod_rtt_ms']} | {r['daemon_cpu_s_per_gb']} |" for r in rows]
+           f"{r['pod_rtt_ms']} | {r['daemon_cpu_s_per_gb']} |"
+           + (f" error: {r['error']}" if r.get("error") else "") for r in rows]
     (out_dir / "flannel.md").write_text("\n".join(md) + "\n")
     return {r["backend"]: r for r in rows}
