@@ -37,6 +37,27 @@ def _processes_in(inodes: set[int]) -> list[int]:
     return out
 
 
+def _live_namespaces(owned: list[dict]) -> set[int]:
+    """Inodes of recorded namespaces that are provably still this lab's: their recorded
+    holder (the host's shell) is alive and still in that very namespace. A dead
+    namespace's inode can be reused by another lab's, so unproven inodes are skipped."""
+    holders = {e.get("name"): e for e in owned if e.get("kind") == "pid"}
+    out = set()
+    for e in owned:
+        holder = holders.get(e.get("name"))
+        if e.get("kind") != "netns" or not holder:
+            continue
+        if not pid_alive(holder["pid"], holder["match"]):
+            continue
+        try:
+            if os.stat(f"/proc/{holder['pid']}/ns/net").st_ino == e["inode"]:
+                out.add(e["inode"])
+        except OSError:
+            continue
+    out.discard(os.stat("/proc/self/ns/net").st_ino)  # never our own namespace
+    return out
+
+
 def root_links(tag_re: re.Pattern[str]) -> list[str]:
     out = shell.run(["ip", "-j", "link", "show"]).stdout
     return [link["ifname"] for link in json.loads(out or "[]") if tag_re.match(link["ifname"])]
@@ -45,6 +66,7 @@ def root_links(tag_re: re.Pattern[str]) -> list[str]:
 def clean_lab(rd: RunDir) -> list[str]:
     removed: list[str] = []
     owned = rd.owned()
+    inodes = _live_namespaces(owned)
     # Daemons first (they may hold namespaces), shells last.
     pids = sorted((e for e in owned if e.get("kind") == "pid"),
                   key=lambda e: "mininet:" in e.get("match", ""))
@@ -52,8 +74,6 @@ def clean_lab(rd: RunDir) -> list[str]:
         if pid_alive(e["pid"], e["match"]):
             stop_pid(e["pid"], e["match"], timeout=2)
             removed.append(f"process {e['pid']} ({e.get('name', '')})")
-    inodes = {e["inode"] for e in owned if e.get("kind") == "netns"}
-    inodes.discard(os.stat("/proc/self/ns/net").st_ino)  # never our own namespace
     for pid in _processes_in(inodes):
         stop_pid(pid, "", timeout=1)
         removed.append(f"process {pid} (inside a lab namespace)")

@@ -129,7 +129,7 @@ def running_lab(name: str | None) -> tuple[RunDir, dict[str, Any]]:
         if state and pid_alive(state.get("owner_pid", 0), state.get("owner_match", "\0")):
             live.append((rd, state))
     if not live:
-        which = f"lab {name!r} is" if name else "no lab is"
+        which = f"lab {name!r} is not" if name else "no lab is"
         raise KnetlabError(f"{which} running; start one with `knetlab up -d TOPOLOGY`")
     if len(live) > 1:
         names = ", ".join(rd.cluster for rd, _ in live)

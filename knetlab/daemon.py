@@ -38,6 +38,7 @@ class Daemon:
         self.log_file = self.dir / f"{self.name}.log"
         self.config_file = self.dir / f"{self.name}.conf"
         self.pid: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # set while it is our child
 
     # -- to override -------------------------------------------------------------
     def command(self) -> list[str]:
@@ -80,7 +81,7 @@ class Daemon:
                                   f"(exit {proc.returncode}); log tail:\n{self.log_tail()}")
             self.pid = int(self.pid_file.read_text().split()[0])
         else:
-            self.pid = proc.pid
+            self.pid, self.proc = proc.pid, proc
             self.pid_file.write_text(f"{proc.pid}\n")
         self.rundir.record_process(self.pid, self.match(), f"{self.owner}/{self.name}")
         self._wait_ready()
@@ -103,10 +104,10 @@ class Daemon:
     def alive(self) -> bool:
         if self.pid is None:
             return False
-        try:  # reap it if it is our child and has exited
-            os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        if self.proc is not None and self.proc.pid == self.pid:
+            # Our child: poll() is exact, even between fork and exec, when its command
+            # line is still ours and would not match.
+            return self.proc.poll() is None
         return pid_alive(self.pid, self.match())
 
     def stop(self, timeout: float = 3.0) -> None:
@@ -114,7 +115,9 @@ class Daemon:
             self.pid = int(self.pid_file.read_text().split()[0])
         if self.pid is not None:
             stop_pid(self.pid, self.match(), timeout)
-        self.pid = None
+        if self.proc is not None:
+            self.proc.poll()  # reap
+        self.pid, self.proc = None, None
         self.pid_file.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 15) -> str:
