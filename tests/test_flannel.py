@@ -176,3 +176,17 @@ def test_vxlan_membership_and_healing(lab) -> None:
     c.backend.restart_agent("node-1")
     took = wait_for(lambda: pings(c, "pod-1-0", "pod-2-0"), 5, "data path healed")
     assert c.check().ok and took < 5
+
+
+@needs_root
+@pytest.mark.e2e
+def test_vxlan_direct_routing_on_leaf_spine(lab, tmp_path: Path) -> None:
+    """DirectRouting: a same-rack peer gets a plain route, the other rack goes via VXLAN."""
+    text = (TOPOLOGIES / "flannel-vxlan-leaf-spine.yaml").read_text()
+    text = text.replace("name: fl-vxlan-ls", "name: fl-vxlan-dr").replace(
+        "Port: 8472}", "Port: 8472, DirectRouting: true}")
+    c = lab(write_topology(tmp_path, text))
+    routes = c.node("node-1").run(["ip", "route"]).stdout
+    assert "10.244.2.0/24 via 192.168.1.12 dev node-1-eth0" in routes, routes
+    assert "10.244.3.0/24 via 10.244.3.0 dev flannel.1" in routes, routes
+    assert c.check().ok
