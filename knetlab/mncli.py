@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 class KnetCLI(CLI):
     prompt = "knetlab> "
+    # Kubernetes names have dashes (pod-1-0, node-2); Cmd would split the word at them.
+    identchars = CLI.identchars + "-"
 
     def __init__(self, cluster: Cluster, **kw: Any) -> None:
         self.cluster = cluster
