@@ -202,6 +202,9 @@ class CalicoBgpBackend(Backend):
             return set()
         return {(peer, p) for peer, table in state.get("routes", {}).items() for p in table}
 
+    def learned_prefixes(self, node: str) -> set[str]:
+        return {p for _peer, p in self.learned(node)}
+
     def expected(self, node: K8sNode) -> set[tuple[str, str]]:
         """What a converged node has learned: every other block, from every peer that
         should carry it (each reflector, with two: they are independent)."""
