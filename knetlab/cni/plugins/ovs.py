@@ -1,0 +1,202 @@
+"""The ovs plugin: a veth into the pod, its host end a port of the node's ``br-int``.
+
+Runs in the node's network namespace. Steps of ADD: IPAM by delegation (host-local over
+the node's range) -> veth (MTU 1450, MACs derived from the address) -> pod side: address,
+default route via the pod gateway, ``ethtool -K eth0 tx off`` (the userspace datapath
+does not complete partial checksums) -> host side: an nft netdev ingress drop (the
+kernel must not also forward what OVS forwards) and the OVS port, with the ofport the
+pipeline expects -> the pod registered in the lab's store (``ovs/pods/NAME``), where the
+controller learns it -> wait (bounded) until the controller has programmed every switch.
+
+If the controller is down, ADD still succeeds: the pod is in the store and gets its
+flows when the controller returns (as a pod waits for its CNI agent in a real cluster).
+
+Options: ``bridge``, ``ovsdb`` (unix:PATH), ``mtu``, ``node``, ``podCIDR``, ``store``,
+``controllerStatus``, ``controllerPidFile``, ``flowWait`` (s, default 5), ``ipam``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import time
+
+from knetlab.cni.invoke import delegate
+from knetlab.cni.plugins.bridge import _ip_batch, _mac_for, host_veth_name
+from knetlab.cni.skel import Args, plugin_main
+from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
+
+if TYPE_CHECKING:
+    from typing import Any
+
+OVS_FAILED = 110
+VETH_FAILED = 111
+FLOWS_LATE = 112
+POD_PORT_BASE = 100  # knetlab.overlays.ovs.pipeline.POD_PORT_BASE (not imported: start-up)
+NFT_TABLE = "knetlab_ovs"
+REQUIRED = ("ovsdb", "node", "podCIDR", "store", "ipam")
+
+
+def _conf(args: Args) -> dict[str, Any]:
+    conf = args.conf
+    missing = [k for k in REQUIRED if not conf.get(k)]
+    if missing:
+        raise CNIError(INVALID_CONFIG, f"ovs: missing {', '.join(missing)} in the configuration")
+    return conf
+
+
+def _pod_name(args: Args) -> str:
+    for item in args.args.split(";"):
+        key, _, value = item.partition("=")
+        if key == "K8S_POD_NAME" and value:
+            return value
+    return args.container_id[:12]
+
+
+def _run(argv: list[str], what: str, code: int, check: bool = True) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise CNIError(code, f"failed to {what}", (proc.stderr or proc.stdout).strip())
+    return proc.stdout
+
+
+def _vsctl(conf: dict[str, Any], *args: str, check: bool = True) -> str:
+    return _run(["ovs-vsctl", f"--db={conf['ovsdb']}", "--timeout=10", *args],
+                f"ovs-vsctl {' '.join(args[:3])}", OVS_FAILED, check)
+
+
+def _store(conf: dict[str, Any]) -> Any:
+    from pathlib import Path
+
+    from knetlab.store import Store  # stdlib only
+    return Store(Path(conf["store"]))
+
+
+def add(args: Args) -> dict[str, Any]:
+    conf = _conf(args)
+    ipam_result = delegate(conf["ipam"]["type"], "ADD", conf) or {}
+    try:
+        return _wire(args, conf, ipam_result)
+    except Exception:
+        _unwire(args, conf)
+        delegate(conf["ipam"]["type"], "DEL", conf)  # roll back the address
+        raise
+
+
+def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict[str, Any]:
+    if not ipam_result.get("ips"):
+        raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP addresses")
+    first = ipam_result["ips"][0]
+    addr = ipaddress.IPv4Interface(first["address"])
+    gw = first.get("gateway")
+    mtu = int(conf.get("mtu", 1450))
+    veth = host_veth_name(args.container_id, args.ifname)
+    pod_mac = _mac_for(addr.ip)
+    _ip_batch([f"link add {veth} mtu {mtu} type veth peer name {args.ifname} mtu {mtu} "
+               f"address {pod_mac} netns {args.netns}", f"link set {veth} up"],
+              None, f"create veth {veth} for {args.container_id}", VETH_FAILED)
+    pod = [f"addr add {addr} dev {args.ifname}", f"link set {args.ifname} up"]
+    routes = list(ipam_result.get("routes", []))
+    if gw and not any(r.get("dst") == "0.0.0.0/0" for r in routes):
+        routes.append({"dst": "0.0.0.0/0", "gw": gw})
+    for r in routes:
+        via = r.get("gw") or gw
+        pod.append(f"route add {r['dst']}" + (f" via {via}" if via else "")
+                   + f" dev {args.ifname}")
+    _ip_batch(pod, args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
+    _run(["nsenter", f"--net={args.netns}", "--", "ethtool", "-K", args.ifname, "tx", "off"],
+         f"turn off tx checksum offload on {args.ifname}", VETH_FAILED)
+    nft = (f"table netdev {NFT_TABLE} {{}}\nadd chain netdev {NFT_TABLE} in-{veth} {{ type "
+           f"filter hook ingress device \"{veth}\" priority 0; policy drop; }}\n")
+    proc = subprocess.run(["nft", "-f", "-"], input=nft, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CNIError(VETH_FAILED, f"failed to add the ingress drop on {veth}", proc.stderr)
+    ofport = POD_PORT_BASE + int(addr.ip) - int(ipaddress.IPv4Network(conf["podCIDR"])
+                                                 .network_address)
+    name = _pod_name(args)
+    _vsctl(conf, "--may-exist", "add-port", conf.get("bridge", "br-int"), veth, "--", "set",
+           "interface", veth, f"ofport_request={ofport}", f"external_ids:iface-id={name}",
+           f"external_ids:attached-mac={pod_mac}", f"external_ids:ip={addr.ip}")
+    rev = _store(conf).put(f"ovs/pods/{name}", {"name": name, "node": conf["node"],
+                                                "ip": str(addr.ip), "ofport": ofport,
+                                                "port": veth})
+    _wait_flows(conf, rev)
+    result = {
+        "cniVersion": args.version,
+        "interfaces": [{"name": veth, "mac": _read_mac(veth)},
+                       {"name": args.ifname, "mac": pod_mac, "sandbox": args.netns}],
+        "ips": [{**ip, "interface": 1} for ip in ipam_result["ips"]],
+        "routes": routes,
+        "dns": conf.get("dns") or ipam_result.get("dns", {}),
+    }
+    return convert_result(result, args.version)
+
+
+def _read_mac(dev: str) -> str:
+    try:
+        with open(f"/sys/class/net/{dev}/address") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _controller_alive(conf: dict[str, Any]) -> bool:
+    try:
+        with open(conf["controllerPidFile"]) as f:
+            pid = int(f.read().split()[0])
+        return os.path.exists(f"/proc/{pid}")
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _wait_flows(conf: dict[str, Any], rev: int) -> None:
+    """Until every connected switch is programmed past ``rev`` (the pod's registration)."""
+    if not conf.get("controllerStatus") or not _controller_alive(conf):
+        return
+    wait = float(conf.get("flowWait", 5))
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            with open(conf["controllerStatus"]) as f:
+                switches = json.load(f).get("switches", {})
+        except (OSError, ValueError):
+            switches = {}
+        if switches and all(s.get("synced_rev", -1) >= rev for s in switches.values()):
+            return
+        time.sleep(0.01)
+    raise CNIError(FLOWS_LATE, f"the OVS controller did not program the pod's flows within "
+                   f"{wait}s", f"see {os.path.dirname(conf['controllerStatus'])}/os-ken.log")
+
+
+def _unwire(args: Args, conf: dict[str, Any]) -> None:
+    veth = host_veth_name(args.container_id, args.ifname)
+    _vsctl(conf, "--if-exists", "del-port", conf.get("bridge", "br-int"), veth, check=False)
+    subprocess.run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"],
+                   capture_output=True)
+    subprocess.run(["ip", "link", "del", veth], capture_output=True)
+
+
+def delete(args: Args) -> None:
+    conf = _conf(args)
+    _store(conf).delete(f"ovs/pods/{_pod_name(args)}")
+    _unwire(args, conf)
+    delegate(conf["ipam"]["type"], "DEL", conf)
+
+
+def check(args: Args) -> None:
+    conf = _conf(args)
+    if not args.prev_result:
+        raise CNIError(INVALID_CONFIG, "ovs: CHECK needs prevResult")
+    delegate(conf["ipam"]["type"], "CHECK", conf)
+    veth = host_veth_name(args.container_id, args.ifname)
+    ports = _vsctl(conf, "list-ports", conf.get("bridge", "br-int")).split()
+    if veth not in ports:
+        raise CNIError(OVS_FAILED, f"ovs: port {veth} is not on {conf.get('bridge', 'br-int')}")
+
+
+def main() -> None:
+    plugin_main(add, delete, check)

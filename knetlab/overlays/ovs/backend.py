@@ -1,0 +1,220 @@
+"""The ``ovs-vxlan`` and ``ovs-gre`` data planes: one OVS per node, one os-ken controller.
+
+Life cycle: ``setup`` starts the controller; ``setup_node`` starts the node's OVS, moves
+the node IP to br-phy and registers the node in the store (``ovs/nodes/NAME``), which is
+what the controller learns membership from; pods are wired by the ``ovs`` CNI plugin,
+which registers them (``ovs/pods/NAME``). ``sync`` routes the other nodes' pod subnets
+into gw0, seeds OVS's tunnel neighbour cache and waits until every switch is connected
+and programmed, so a lab is usable when ``up`` returns.
+
+Settings (topology key ``ovs``): ``vni`` (the tunnel key, default 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from knetlab.dataplane import Backend, register
+from knetlab.errors import KnetlabError
+from knetlab.overlays.ovs.controllerd import ControllerDaemon
+from knetlab.overlays.ovs.node import POD_MTU, NodeSwitch
+from knetlab.overlays.ovs.pipeline import GW_IFACE, TABLE_BY_ID, dpid_for
+from knetlab.routes import reconcile_routes
+
+if TYPE_CHECKING:
+    from knetlab.cluster import Cluster
+    from knetlab.nodes.k8snode import K8sNode
+    from knetlab.topologies.fields import Fields
+    from knetlab.topologies.schema import ClusterSpec
+
+CONNECT_TIMEOUT = 15.0  # seconds for every br-int to connect and be programmed
+
+
+class OvsBackend(Backend):
+    section: ClassVar[str | None] = "ovs"
+    tunnel: ClassVar[str]
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__(cluster)
+        self.switches: dict[str, NodeSwitch] = {}
+        self.controller: ControllerDaemon | None = None
+
+    @classmethod
+    def validate(cls, spec: ClusterSpec, settings: Fields) -> dict[str, Any]:
+        settings.only(["vni"])
+        return {"vni": settings.int("vni", 1, lo=1, hi=2**24 - 1)}
+
+    @property
+    def store(self) -> Any:
+        assert self.cluster.store is not None
+        return self.cluster.store
+
+    def setup(self) -> None:
+        self.controller = ControllerDaemon(self.cluster.rundir, self.store.root,
+                                           self.settings["vni"])
+        self.controller.start()
+
+    def setup_node(self, node: K8sNode) -> None:
+        assert self.controller and self.cluster.underlay
+        u = self.cluster.spec.underlay
+        route = None
+        if u.type == "leaf-spine":
+            route = (str(u.cidr), str(u.gateway(node.spec.rack)))
+        sw = NodeSwitch(self.cluster.rundir, node, self.tunnel, self.controller.socket, route)
+        self.switches[node.name] = sw
+        self.store.put(f"ovs/nodes/{node.name}", {
+            "name": node.name, "ip": node.node_ip, "podCIDR": node.spec.pod_cidr,
+            "gateway": node.spec.pod_gateway, "dpid": dpid_for(node.name)})
+        sw.start()
+
+    def cni_config(self, node: K8sNode) -> dict[str, Any]:
+        sw = self.switches[node.name]
+        assert self.controller
+        return {"cniVersion": "1.0.0", "name": "knetlab-ovs", "plugins": [{
+            "type": "ovs", "bridge": "br-int", "ovsdb": sw.db, "mtu": POD_MTU,
+            "node": node.name, "podCIDR": node.spec.pod_cidr,
+            "store": str(self.store.root), "controllerStatus": str(self.controller.status_file),
+            "controllerPidFile": str(self.controller.pid_file),
+            "ipam": {"type": "host-local",
+                     "ranges": [[{"subnet": node.spec.pod_cidr,
+                                  "gateway": node.spec.pod_gateway}]],
+                     "dataDir": str(node.dir / "ipam")}}]}
+
+    def sync(self) -> None:
+        nodes = self.cluster.k8s_nodes()
+        for node in nodes:
+            reconcile_routes(node, {p.spec.pod_cidr: f"via {p.spec.pod_gateway} dev "
+                                    f"{GW_IFACE} onlink" for p in nodes if p is not node})
+        self._seed_neighbours(nodes)
+        self.wait_programmed()
+
+    def _seed_neighbours(self, nodes: list[K8sNode]) -> None:
+        macs = {n.node_ip: self.switches[n.name].uplink_mac() for n in nodes}
+        for node in nodes:
+            hops = {}
+            for peer in nodes:
+                if peer is node:
+                    continue
+                if peer.spec.rack == node.spec.rack or self.cluster.spec.underlay.type == \
+                        "segment":
+                    hops[peer.node_ip] = macs[peer.node_ip]
+            self.switches[node.name].seed_neighbours(hops)
+
+    def wait_programmed(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Until every node's br-int is connected and synced to the store's revision."""
+        assert self.controller
+        want = self.store.revision()
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.controller.status()
+            if not status["running"]:
+                raise KnetlabError("the os-ken controller is not running; log tail:\n"
+                                   + self.controller.log_tail())
+            sw = status["switches"]
+            late = [n for n in self.switches if sw.get(n, {}).get("synced_rev", -1) < want]
+            if not late:
+                return
+            if time.monotonic() > deadline:
+                raise KnetlabError(
+                    f"br-int of {', '.join(late)} not connected to (or not programmed by) the "
+                    f"os-ken controller within {timeout}s; controller log tail:\n"
+                    f"{self.controller.log_tail()}\nvswitchd log tail of {late[0]}:\n"
+                    f"{self.switches[late[0]].ovs.vswitchd.log_tail()}")
+            time.sleep(0.02)
+
+    def remove_node(self, node: K8sNode) -> None:
+        self.store.delete(f"ovs/nodes/{node.name}")
+        for key in self.store.list("ovs/pods"):
+            if self.store.get(key) and self.store.get(key).get("node") == node.name:
+                self.store.delete(key)
+        sw = self.switches.pop(node.name, None)
+        if sw:
+            sw.stop()
+
+    def teardown(self) -> None:
+        for sw in self.switches.values():
+            sw.stop()
+        self.switches = {}
+        if self.controller:
+            self.controller.stop()
+
+    # -- visible parts -------------------------------------------------------------
+    def flows(self, node: str) -> str:
+        sw = self._switch(node)
+        return format_flows(sw.ofctl("dump-flows", "--no-stats"))
+
+    def ofctl(self, node: str, args: list[str]) -> str:
+        if not args:
+            raise KnetlabError("usage: ofctl NODE COMMAND [ARGS...] (e.g. dump-flows, show)")
+        return self._switch(node).ofctl(*args)
+
+    def controller_status(self) -> dict[str, Any]:
+        assert self.controller
+        return self.controller.status()
+
+    def _switch(self, node: str) -> NodeSwitch:
+        if node not in self.switches:
+            raise KnetlabError(f"no node {node!r} with an OVS in cluster "
+                               f"{self.cluster.spec.name}; nodes: {', '.join(self.switches)}")
+        return self.switches[node]
+
+    def rpc_methods(self) -> dict[str, Callable[..., Any]]:
+        return {"ovs_flows": self.flows, "ovs_ofctl": self.ofctl,
+                "ovs_status": self.controller_status}
+
+    def cli_commands(self) -> dict[str, Callable[[str], str]]:
+        def flows(line: str) -> str:
+            args = line.split()
+            if len(args) != 1:
+                return "usage: flows NODE"
+            return self.flows(args[0])
+
+        def ofctl(line: str) -> str:
+            args = line.split()
+            if len(args) < 2:
+                return "usage: ofctl NODE COMMAND [ARGS...]"
+            return self.ofctl(args[0], args[1:])
+        return {"flows": flows, "ofctl": ofctl}
+
+    def describe(self) -> dict[str, Any]:
+        if not self.controller:
+            return {}
+        daemons = [{"name": "os-ken", "owner": "cluster", "pid": self.controller.pid}]
+        for name, sw in self.switches.items():
+            daemons += [{"name": d.name, "owner": name, "pid": d.pid}
+                        for d in (sw.ovs.ovsdb, sw.ovs.vswitchd)]
+        return {"daemons": daemons, "ovs": {"tunnel": self.tunnel, "vni": self.settings["vni"],
+                                            "controller": self.controller.status()}}
+
+
+def format_flows(dump: str) -> str:
+    """ovs-ofctl's dump, grouped by table under the pipeline's table names."""
+    groups: dict[int, list[str]] = {}
+    for line in dump.splitlines():
+        line = line.strip()
+        if not line.startswith("cookie=") and not line.startswith("table="):
+            continue  # the reply header
+        # ovs-ofctl leaves out "table=0"
+        table = int(line.split("table=")[1].split(",")[0]) if "table=" in line else 0
+        groups.setdefault(table, []).append(line)
+    out = []
+    for table in sorted(groups):
+        t = TABLE_BY_ID.get(table)
+        head = f"table {table} {t.name}: {t.purpose}" if t else f"table {table}"
+        out.append(head)
+        out += [f"  {line}" for line in groups[table]]
+    return "\n".join(out) if out else "(no flows)"
+
+
+@register
+class OvsVxlanBackend(OvsBackend):
+    name = "ovs-vxlan"
+    tunnel = "vxlan"
+
+
+@register
+class OvsGreBackend(OvsBackend):
+    name = "ovs-gre"
+    tunnel = "gre"
