@@ -148,7 +148,8 @@ def _controller_alive(conf: dict[str, Any]) -> bool:
     try:
         with open(conf["controllerPidFile"]) as f:
             pid = int(f.read().split()[0])
-        return os.path.exists(f"/proc/{pid}")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"controllerd" in f.read()  # a killed, unreaped one has no cmdline
     except (OSError, ValueError, KeyError):
         return False
 

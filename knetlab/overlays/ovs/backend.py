@@ -12,6 +12,7 @@ Settings (topology key ``ovs``): ``vni`` (the tunnel key, default 1).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -91,16 +92,26 @@ class OvsBackend(Backend):
         self.wait_programmed()
 
     def _seed_neighbours(self, nodes: list[K8sNode]) -> None:
+        """Seed each OVS's tunnel neighbour cache with its next hops' MACs: the peer itself
+        on the same L2 segment, else the rack's ToR (OVS drops the packet that triggers
+        its own ARP, which would lose the first packet to every new peer)."""
         macs = {n.node_ip: self.switches[n.name].uplink_mac() for n in nodes}
+        segment = self.cluster.spec.underlay.type == "segment"
         for node in nodes:
-            hops = {}
-            for peer in nodes:
-                if peer is node:
-                    continue
-                if peer.spec.rack == node.spec.rack or self.cluster.spec.underlay.type == \
-                        "segment":
-                    hops[peer.node_ip] = macs[peer.node_ip]
+            hops = {p.node_ip: macs[p.node_ip] for p in nodes
+                    if p is not node and (segment or p.spec.rack == node.spec.rack)}
+            if not segment:
+                gw = str(self.cluster.spec.underlay.gateway(node.spec.rack))
+                hops[gw] = self._router_mac(node.spec.rack, gw)
             self.switches[node.name].seed_neighbours(hops)
+
+    def _router_mac(self, rack: int, ip: str) -> str:
+        assert self.cluster.underlay
+        tor = self.cluster.underlay.tors[rack]
+        for link in json.loads(tor.run(["ip", "-j", "addr", "show"]).stdout or "[]"):
+            if any(a.get("local") == ip for a in link.get("addr_info", [])):
+                return link["address"]
+        raise KnetlabError(f"no interface with {ip} on the ToR of rack {rack}")
 
     def wait_programmed(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Until every node's br-int is connected and synced to the store's revision."""
