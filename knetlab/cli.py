@@ -112,6 +112,7 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.overlays.flannel.commands",
     "knetlab.docker.cli",
     "knetlab.bgp.commands",
+    "knetlab.overlays.ovs.commands",
 ]
 
 

@@ -73,6 +73,8 @@ def test_ovs_vxlan_end_to_end(lab) -> None:  # noqa: ANN001
     c = lab(TOPOLOGIES / "ovs-vxlan.yaml")
     report = c.check()
     assert report.ok, report
+    shown = c.backend.flows("node-1")
+    assert all(f"table {t.id} {t.name}" in shown for t in TABLES), shown
     a, b = c.pod("pod-1-0"), c.pod("pod-2-0")
     out = _underlay_capture(c.node("node-2"), "udp port 4789",
                             lambda: a.run(["ping", "-c3", "-i0.2", b.ip], check=False))
