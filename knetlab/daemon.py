@@ -61,7 +61,9 @@ class Daemon:
         return True
 
     # -- life cycle --------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start it; with ``wait=False`` return at once (call ``wait_ready`` later), so an
+        owner can boot many daemons in parallel."""
         config = self.render_config()
         if config is not None:
             self.config_file.write_text(config)
@@ -84,12 +86,13 @@ class Daemon:
             self.pid, self.proc = proc.pid, proc
             self.pid_file.write_text(f"{proc.pid}\n")
         self.rundir.record_process(self.pid, self.match(), f"{self.owner}/{self.name}")
-        self._wait_ready()
+        if wait:
+            self.wait_ready()
 
     def _env(self) -> dict[str, str]:
         return {**os.environ, **self.env()}
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if not self.alive():

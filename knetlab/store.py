@@ -61,6 +61,19 @@ class Store:
             tmp.replace(path)
             return self._bump()
 
+    def refresh(self, key: str, ttl: float) -> bool:
+        """Extend a key's TTL without a new revision (as etcd's lease keep-alive): renewals
+        must not wake every watcher. False if the key is gone."""
+        path = self._path(key)
+        with self._locked():
+            value = self._read(path)
+            if value is None:
+                return False
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**value, "expires": time.time() + ttl}))
+            tmp.replace(path)
+        return True
+
     def create(self, key: str, value: dict[str, Any], ttl: float | None = None) -> bool:
         """Put only if the key is absent (or expired): an atomic claim, as etcd's txn."""
         with self._locked():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from knetlab import shell
-from knetlab.bgp.exabgp import StartRaceSafe
+from knetlab.daemon import Daemon
 
 if TYPE_CHECKING:
     from knetlab.rundir import RunDir
@@ -61,7 +61,7 @@ class BirdConfig:
     peers: list[str]  # other reflectors (non-clients)
 
 
-class Bird(StartRaceSafe):
+class Bird(Daemon):
     name = "bird"
 
     def __init__(self, rundir: RunDir, owner: str, netns: str | None, cfg: BirdConfig) -> None:

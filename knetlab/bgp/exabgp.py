@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from knetlab.daemon import Daemon, DaemonError
@@ -74,26 +73,7 @@ def render(cfg: SpeakerConfig, python: str = sys.executable) -> str:
     return "\n".join(out)
 
 
-class StartRaceSafe(Daemon):
-    """A daemon started through nsenter, tolerant of the exec window at start."""
-
-    def alive(self) -> bool:
-        # While nsenter execs the daemon, /proc/PID/cmdline reads empty for a
-        # moment; Daemon.alive would call it dead during start. A pid whose
-        # command line is empty but that still exists is alive.
-        if super().alive():
-            return True
-        if self.pid is None:
-            return False
-        try:
-            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
-            os.kill(self.pid, 0)
-        except OSError:
-            return False
-        return cmdline == b""
-
-
-class ExaBGP(StartRaceSafe):
+class ExaBGP(Daemon):
     name = "exabgp"
 
     def __init__(self, rundir: RunDir, owner: str, netns: str | None,

@@ -72,7 +72,20 @@ def run(args: argparse.Namespace) -> None:
         if peers is not None:
             _write_applied(run_dir / "applied.json", seen, peers)
             applied = peers
-        store.wait(seen, RESYNC)
+        if store.wait(seen, RESYNC) != seen:
+            _settle(store)
+
+
+def _settle(store: Store, quiet: float = 0.1, limit: float = 0.5) -> None:
+    """Let a burst of changes (a hundred nodes joining) land, then reconcile once: without
+    this every agent reconciles once per joining node, O(N^2) passes at bring-up."""
+    rev, deadline = store.revision(), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = store.revision()
+        if now == rev:
+            return
+        rev = now
 
 
 def _write_applied(path: Path, revision: int, peers: list[str]) -> None:

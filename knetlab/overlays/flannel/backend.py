@@ -56,12 +56,13 @@ class FlannelBackend(Backend):
         subnet.put_config(self.store, self.settings)
 
     def setup_node(self, node: K8sNode) -> None:
+        # Started without waiting: a hundred agents boot in parallel; sync() waits for all.
         if self.kind == "udp":
             fwd = UdpForwarder(node, self.store, self.settings["SubnetLen"])
-            fwd.start()
+            fwd.start(wait=False)
             self.forwarders[node.name] = fwd
         agent = FlannelAgent(node, self.store)
-        agent.start()
+        agent.start(wait=False)
         self.agents[node.name] = agent
         (node.dir / "10-flannel.conflist").write_text(json.dumps(self.flannel_conflist(),
                                                                  indent=2))
@@ -78,8 +79,10 @@ class FlannelBackend(Backend):
 
     def sync(self) -> None:
         """Wait until each agent has programmed exactly the other live nodes' leases."""
-        deadline = time.monotonic() + SYNC_TIMEOUT
         nodes = self.cluster.k8s_nodes()
+        for fwd in self.forwarders.values():
+            fwd.wait_ready()
+        deadline = time.monotonic() + SYNC_TIMEOUT + 0.3 * len(nodes)  # agents boot at once
         for node in nodes:
             want = sorted(n.spec.pod_cidr for n in nodes if n is not node)
             agent = self.agents[node.name]

@@ -3,9 +3,7 @@ for the UDP backend, the TUN/UDP forwarder. Both are ``Daemon``s: run dir, pid f
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from knetlab.daemon import Daemon
@@ -15,23 +13,7 @@ if TYPE_CHECKING:
     from knetlab.store import Store
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b"\0gone"
-
-
-class _ExecAware(Daemon):
-    def alive(self) -> bool:
-        """Also alive between fork and exec, when the child still shows our command line
-        (Daemon.alive alone reports such a fresh child as dead: a start-up race)."""
-        if super().alive():
-            return True
-        return self.pid is not None and _cmdline(self.pid) == _cmdline(os.getpid())
-
-
-class FlannelAgent(_ExecAware):
+class FlannelAgent(Daemon):
     name = "flanneld"
 
     def __init__(self, node: K8sNode, store: Store) -> None:
@@ -48,12 +30,12 @@ class FlannelAgent(_ExecAware):
     def is_ready(self) -> bool:
         return (self.dir / "applied.json").exists()
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         (self.dir / "applied.json").unlink(missing_ok=True)
-        super().start()
+        super().start(wait)
 
 
-class UdpForwarder(_ExecAware):
+class UdpForwarder(Daemon):
     name = "flannel-udp"
 
     def __init__(self, node: K8sNode, store: Store, subnet_len: int) -> None:
@@ -68,6 +50,6 @@ class UdpForwarder(_ExecAware):
     def is_ready(self) -> bool:
         return (self.dir / "ready").exists()
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         (self.dir / "ready").unlink(missing_ok=True)
-        super().start()
+        super().start(wait)

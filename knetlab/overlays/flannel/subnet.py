@@ -55,9 +55,11 @@ def acquire(store: Store, node: str, subnet: str, public_ip: str, btype: str,
 
 
 def renew(store: Store, lease: dict[str, Any]) -> None:
-    """Extend the lease's TTL by another LEASE_TTL (watchers wake and re-reconcile: harmless)."""
-    store.put(lease_key(lease["subnet"]), {k: v for k, v in lease.items() if k != "expires"},
-              ttl=LEASE_TTL)
+    """Extend the lease's TTL by another LEASE_TTL. A keep-alive makes no new revision, so
+    100 agents renewing do not wake each other; a lease that had expired is re-created."""
+    if not store.refresh(lease_key(lease["subnet"]), LEASE_TTL):
+        store.put(lease_key(lease["subnet"]),
+                  {k: v for k, v in lease.items() if k != "expires"}, ttl=LEASE_TTL)
 
 
 def release(store: Store, subnet: str) -> None:
