@@ -12,13 +12,15 @@ Settings (topology key ``ovs``): ``vni`` (the tunnel key, default 1).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from knetlab.dataplane import Backend, register
-from knetlab.errors import KnetlabError
+from knetlab.errors import ConfigError, KnetlabError
 from knetlab.overlays.ovs.controllerd import ControllerDaemon
 from knetlab.overlays.ovs.node import POD_MTU, NodeSwitch
 from knetlab.overlays.ovs.pipeline import GW_IFACE, TABLE_BY_ID, dpid_for
@@ -45,7 +47,19 @@ class OvsBackend(Backend):
     @classmethod
     def validate(cls, spec: ClusterSpec, settings: Fields) -> dict[str, Any]:
         settings.only(["vni"])
-        return {"vni": settings.int("vni", 1, lo=1, hi=2**24 - 1)}
+        vni = settings.int("vni", 1, lo=1, hi=2**24 - 1)
+        # Said before anything is built, with the fix.
+        if not shutil.which("ovs-vswitchd") or not shutil.which("ovs-ofctl"):
+            raise ConfigError(f"data plane {cls.name} needs Open vSwitch, which is not "
+                              "installed", file=spec.file, line=spec.lines.get("dataplane"),
+                              field="dataplane", fix="apt-get install openvswitch-switch "
+                              "(or run scripts/setup.sh)")
+        if importlib.util.find_spec("os_ken") is None:
+            raise ConfigError(f"data plane {cls.name} needs the os-ken OpenFlow controller, "
+                              "which is not installed", file=spec.file, field="dataplane",
+                              line=spec.lines.get("dataplane"), fix="pip install os-ken "
+                              "(a dependency of knetlab: pip install -e .)")
+        return {"vni": vni}
 
     @property
     def store(self) -> Any:
