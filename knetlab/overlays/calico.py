@@ -21,7 +21,9 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from knetlab.bgp.bird import Bird, BirdConfig
+from knetlab.bgp.blocks import aggregate
 from knetlab.bgp.exabgp import ExaBGP, Neighbor, SpeakerConfig
+from knetlab.cni.plugins.calico_ipam import BlockStore, allocate, claim_block, node_blocks
 from knetlab.dataplane import Backend, register
 from knetlab.nodes.host import NetnsHost
 from knetlab.routes import reconcile_routes
@@ -45,7 +47,8 @@ class CalicoBgpBackend(Backend):
 
     @classmethod
     def validate(cls, spec: ClusterSpec, f: Fields) -> dict[str, Any]:
-        f.only(["mode", "asn", "holdTime", "reflectors", "reflector", "clusterId"])
+        f.only(["mode", "asn", "holdTime", "reflectors", "reflector", "clusterId", "pool",
+                "blockSize"])
         leaf = spec.underlay.type == "leaf-spine"
         mode = f.str("mode", "tor" if leaf else "mesh", choices=["mesh", "rr", "tor"])
         if (mode == "tor") != leaf and cls.encap == "none":
@@ -60,7 +63,18 @@ class CalicoBgpBackend(Backend):
             except ValueError:
                 raise f.error("clusterId", f"{cluster_id!r} is not a dotted quad",
                               "write an IPv4-style id such as 244.0.0.1") from None
+        pool = f.str("pool", str(spec.pod_cidr))
+        try:
+            ipaddress.IPv4Network(pool)
+        except ValueError:
+            raise f.error("pool", f"{pool!r} is not an IPv4 network",
+                          "write a CIDR such as 10.244.0.0/16") from None
+        size = f.int("blockSize", 26, lo=20, hi=32)
+        if size < ipaddress.IPv4Network(pool).prefixlen:
+            raise f.error("blockSize", f"/{size} blocks do not fit in pool {pool}",
+                          "use a blockSize at least the pool's prefix length")
         return {"mode": mode, "asn": f.int("asn", 64512, lo=1, hi=4294967294),
+                "pool": pool, "block_size": size,
                 "hold": f.int("holdTime", 3, lo=3, hi=65535),
                 "reflectors": f.int("reflectors", 2, lo=1, hi=8),
                 "impl": f.str("reflector", "exabgp", choices=["exabgp", "bird"]),
@@ -137,7 +151,7 @@ class CalicoBgpBackend(Backend):
                 if r == rack:
                     neighbors.append(Neighbor(spine_ip, tor_ip, "spine (client)"))
                     args += ["--self", tor_ip]
-            args += ["--install", str(self.cluster.spec.pod_cidr), "--self", me]
+            args += ["--install", self.settings["pool"], "--self", me]
         return SpeakerConfig(me, self.settings["asn"], self.settings["hold"], neighbors, [],
                              args)
 
@@ -146,7 +160,7 @@ class CalicoBgpBackend(Backend):
         links = [(tor_ip, spine_ip) for (_r, k), (tor_ip, spine_ip)
                  in self.cluster.underlay.spine_links.items() if f"spine-{k}" == spine.name]
         neighbors = [Neighbor(tor_ip, spine_ip, TOR) for tor_ip, spine_ip in links]
-        args = ["knetlab.bgp.installer", "--pool", str(self.cluster.spec.pod_cidr)]
+        args = ["knetlab.bgp.installer", "--pool", self.settings["pool"]]
         cfg = SpeakerConfig(links[0][1], self.settings["asn"], self.settings["hold"],
                             neighbors, [], args)
         speaker = ExaBGP(self.cluster.rundir, spine.name, spine.netns, cfg)
@@ -163,13 +177,40 @@ class CalicoBgpBackend(Backend):
             neighbors = [Neighbor(ip, me, RR) for ip in self.rr_ips.values()]
         else:
             neighbors = [Neighbor(self.rr_ips[f"tor-{node.spec.rack}"], me, TOR)]
-        args = ["knetlab.bgp.installer", "--pool", str(self.cluster.spec.pod_cidr),
-                "--self", me, "--own", node.spec.pod_cidr, "--encap", self.encap]
+        # The installer announces the node's IPAM blocks itself (knetlab/bgp/blocks.py).
+        assert self.cluster.store
+        conf = self.cluster.rundir.daemon_dir(node.name, "exabgp") / "exabgp.conf"
+        args = ["knetlab.bgp.installer", "--pool", self.settings["pool"], "--self", me,
+                "--encap", self.encap, "--store", str(self.cluster.store.root),
+                "--node", node.name, "--config", str(conf)]
         return SpeakerConfig(me, self.settings["asn"], self.settings["hold"], neighbors,
-                             [(node.spec.pod_cidr, me)], args)
+                             [], args)
+
+    # -- IPAM blocks -----------------------------------------------------------------
+    def block_store(self) -> BlockStore:
+        assert self.cluster.store
+        return BlockStore(str(self.cluster.store.root))
+
+    def blocks(self, node: str) -> list[str]:
+        """The node's blocks, aggregated as its speaker announces them."""
+        return aggregate([b["cidr"] for b in node_blocks(self.block_store(), node)])
 
     def setup_node(self, node: K8sNode) -> None:
+        # A joining node claims its first block at once (its speaker has something to
+        # announce); calico-ipam claims more when the node's pods fill it.
+        with self.block_store() as store:
+            if not node_blocks(store, node.name):
+                claim_block(store, self.settings["pool"], self.settings["block_size"],
+                            node.name)
         self.prepare_node(node)
+
+    def cni_config(self, node: K8sNode, mtu: int = 1500) -> dict[str, Any]:
+        assert self.cluster.store
+        return {"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [{
+            "type": "calico", "mtu": mtu,
+            "ipam": {"type": "calico-ipam", "datastore": str(self.cluster.store.root),
+                     "pool": self.settings["pool"], "blockSize": self.settings["block_size"],
+                     "node": node.name}}]}
 
     def prepare_node(self, node: K8sNode) -> None:
         """Encapsulating variants create their tunnel device here."""
@@ -210,9 +251,10 @@ class CalicoBgpBackend(Backend):
         should carry it (each reflector, with two: they are independent)."""
         nodes = self.cluster.k8s_nodes()
         if self.settings["mode"] == "mesh":
-            return {(p.node_ip, p.spec.pod_cidr) for p in nodes if p is not node}
+            return {(p.node_ip, b) for p in nodes if p is not node for b in self.blocks(p.name)}
         peers = [n.address for n in self._node_config(node).neighbors]
-        return {(peer, p.spec.pod_cidr) for peer in peers for p in nodes if p is not node}
+        return {(peer, b) for peer in peers for p in nodes if p is not node
+                for b in self.blocks(p.name)}
 
     def wait_converged(self, timeout: float = CONVERGE_TIMEOUT) -> bool:
         """Poll until every node has learned everything (bring-up and membership changes
@@ -229,6 +271,9 @@ class CalicoBgpBackend(Backend):
         speaker = self.speakers.pop(node.name, None)
         if speaker:
             speaker.stop()  # SIGTERM: ExaBGP closes its sessions, peers withdraw at once
+        with self.block_store() as store:  # the node is gone: its blocks go back to the pool
+            for block in node_blocks(store, node.name):
+                store.remove(block["cidr"])
 
     def teardown(self) -> None:
         for daemon in [*self.speakers.values(), *self.reflectors.values()]:
@@ -238,6 +283,8 @@ class CalicoBgpBackend(Backend):
     # -- views -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         return {"bgp": {"mode": self.settings["mode"], "asn": self.settings["asn"],
+                        "pool": self.settings["pool"], "blockSize": self.settings["block_size"],
+                        "blocks": {n.name: self.blocks(n.name) for n in self.cluster.k8s_nodes()},
                         "reflector": self.settings["impl"], "reflectors": self.rr_ips,
                         "speakers": {n: d.pid for n, d in self.speakers.items()}}}
 
@@ -258,12 +305,15 @@ class CalicoIpipBackend(CalicoBgpBackend):
     def prepare_node(self, node: K8sNode) -> None:
         # tunl0 appears when the ipip module loads; give it the node's block gateway so
         # replies leave with a pod-network source, and the pod MTU minus 20 bytes.
-        node.ip_batch(["link set tunl0 up mtu 1480",
-                       f"addr replace {node.spec.pod_gateway}/32 dev tunl0"],
+        # tunl0's address comes from the node's block, as Calico's IPAM gives it one.
+        with self.block_store() as store:
+            ip = allocate(store, self.settings["pool"], self.settings["block_size"],
+                          node.name, "ipip-tunnel-addr")
+        node.ip_batch(["link set tunl0 up mtu 1480", f"addr replace {ip}/32 dev tunl0"],
                       context=f"set up tunl0 on {node.name}")
 
-    def cni_config(self, node: K8sNode) -> dict[str, Any]:
-        return node.default_cni_config(mtu=1480)
+    def cni_config(self, node: K8sNode, mtu: int = 1480) -> dict[str, Any]:
+        return super().cni_config(node, mtu)
 
 
 @register

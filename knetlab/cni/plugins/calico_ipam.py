@@ -1,0 +1,200 @@
+"""calico-ipam: pod addresses from affine blocks of a pool, kept in the lab's store.
+
+As Calico's IPAM: the pool (e.g. 10.244.0.0/16) is cut into blocks (``blockSize``, /26 by
+default); a node claims a block (affinity ``host:<node>``) and hands out its addresses; a
+node whose blocks are full claims another. A block is one store key
+``ipam/blocks/<net>-<len>`` holding its cidr, node and allocations (address -> handle).
+
+This runs as a separate CNI process, so it reads and writes the store's files directly
+(``<store>/<key>.json``, the store's ``.lock`` and ``.revision``; see knetlab/store.py):
+every read-modify-write happens under the store lock, which makes a claim atomic even
+when two nodes' plugins race for the same block. Stdlib only (``python3 -S``).
+
+ipam config: ``{"type": "calico-ipam", "datastore": "<run dir>/store", "pool":
+"10.244.0.0/16", "blockSize": 26, "node": "node-1"}``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+
+from knetlab.cni.skel import Args, plugin_main
+from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
+
+if TYPE_CHECKING:
+    from typing import Any
+
+NO_ADDRESS = 100  # plugin-specific code: the pool is full
+PREFIX = "ipam/blocks"
+
+
+def block_key(cidr: str) -> str:
+    return f"{PREFIX}/{cidr.replace('/', '-')}"
+
+
+class BlockStore:
+    """The store's files, as a separate process sees them (same layout as store.Store)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        os.makedirs(os.path.join(root, PREFIX), exist_ok=True)
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> BlockStore:
+        self._lock_fd = os.open(os.path.join(self.root, ".lock"), os.O_WRONLY | os.O_CREAT)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._lock_fd is not None
+        os.close(self._lock_fd)  # closing releases the flock
+        self._lock_fd = None
+
+    def _path(self, cidr: str) -> str:
+        return os.path.join(self.root, block_key(cidr) + ".json")
+
+    def read(self, cidr: str) -> dict[str, Any] | None:
+        try:
+            with open(self._path(cidr)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def write(self, block: dict[str, Any]) -> None:
+        path = self._path(block["cidr"])
+        with open(path + ".tmp", "w") as f:
+            json.dump(block, f)
+        os.replace(path + ".tmp", path)
+        self._bump()
+
+    def remove(self, cidr: str) -> None:
+        try:
+            os.unlink(self._path(cidr))
+        except FileNotFoundError:
+            return
+        self._bump()
+
+    def _bump(self) -> None:
+        rev_path = os.path.join(self.root, ".revision")
+        try:
+            with open(rev_path) as f:
+                rev = int(f.read())
+        except (OSError, ValueError):
+            rev = 0
+        with open(rev_path + ".tmp", "w") as f:
+            f.write(str(rev + 1))
+        os.replace(rev_path + ".tmp", rev_path)
+
+    def blocks(self) -> list[dict[str, Any]]:
+        out = []
+        base = os.path.join(self.root, PREFIX)
+        for name in sorted(os.listdir(base)):
+            if name.endswith(".json"):
+                try:
+                    with open(os.path.join(base, name)) as f:
+                        out.append(json.load(f))
+                except (OSError, ValueError):
+                    continue
+        return out
+
+
+def node_blocks(store: BlockStore, node: str) -> list[dict[str, Any]]:
+    return [b for b in store.blocks() if b.get("node") == node]
+
+
+def claim_block(store: BlockStore, pool: str, size: int, node: str) -> dict[str, Any]:
+    """Claim the first free block of the pool for ``node`` (call under the lock)."""
+    taken = {b["cidr"] for b in store.blocks()}
+    for net in ipaddress.IPv4Network(pool).subnets(new_prefix=size):
+        if str(net) not in taken:
+            block = {"cidr": str(net), "node": f"{node}", "affinity": f"host:{node}",
+                     "allocations": {}}
+            store.write(block)
+            return block
+    raise CNIError(NO_ADDRESS, f"pool {pool} has no free /{size} block left for {node}")
+
+
+def _usable(block: dict[str, Any], pool: str) -> list[str]:
+    """Every address of the block but the pool's own network and broadcast addresses."""
+    p = ipaddress.IPv4Network(pool)
+    skip = {p.network_address, p.broadcast_address}
+    return [str(ip) for ip in ipaddress.IPv4Network(block["cidr"]) if ip not in skip]
+
+
+def allocate(store: BlockStore, pool: str, size: int, node: str, handle: str) -> str:
+    """An address for ``handle`` from the node's blocks, claiming one more when they are
+    full (call under the lock). Idempotent: a handle keeps its address."""
+    blocks = node_blocks(store, node)
+    for b in blocks:
+        for ip, h in b["allocations"].items():
+            if h == handle:
+                return ip
+    for b in [*blocks, None]:
+        if b is None:
+            b = claim_block(store, pool, size, node)
+        for ip in _usable(b, pool):
+            if ip not in b["allocations"]:
+                b["allocations"][ip] = handle
+                store.write(b)
+                return ip
+    raise CNIError(NO_ADDRESS, f"no address left for {node}")  # a /32 block of a net addr
+
+
+def release(store: BlockStore, node: str, handle: str) -> str | None:
+    for b in node_blocks(store, node):
+        for ip, h in list(b["allocations"].items()):
+            if h == handle:
+                del b["allocations"][ip]
+                store.write(b)  # the block keeps its affinity, as Calico's does
+                return ip
+    return None
+
+
+def _config(args: Args) -> tuple[dict[str, Any], str, int, str]:
+    ipam = args.conf.get("ipam")
+    if not isinstance(ipam, dict):
+        raise CNIError(INVALID_CONFIG, "network configuration has no ipam section")
+    for key in ("datastore", "pool", "node"):
+        if not ipam.get(key):
+            raise CNIError(INVALID_CONFIG, f"calico-ipam: ipam.{key} is required")
+    size = int(ipam.get("blockSize", 26))
+    if not 20 <= size <= 32:
+        raise CNIError(INVALID_CONFIG, f"calico-ipam: blockSize {size} is not in 20..32")
+    return ipam, ipam["pool"], size, ipam["node"]
+
+
+def _handle(args: Args) -> str:
+    return f"{args.container_id}/{args.ifname}"
+
+
+def add(args: Args) -> dict[str, Any]:
+    ipam, pool, size, node = _config(args)
+    with BlockStore(ipam["datastore"]) as store:
+        ip = allocate(store, pool, size, node, _handle(args))
+    result = {"cniVersion": args.version, "ips": [{"address": f"{ip}/32"}],
+              "routes": [], "dns": {}}
+    return convert_result(result, args.version)
+
+
+def delete(args: Args) -> None:
+    ipam, _pool, _size, node = _config(args)
+    with BlockStore(ipam["datastore"]) as store:
+        release(store, node, _handle(args))
+
+
+def check(args: Args) -> None:
+    ipam, _pool, _size, node = _config(args)
+    with BlockStore(ipam["datastore"]) as store:
+        found = any(h == _handle(args) for b in node_blocks(store, node)
+                    for h in b["allocations"].values())
+    if not found:
+        raise CNIError(INVALID_CONFIG, f"calico-ipam: no address for {_handle(args)}")
+
+
+def main() -> None:
+    plugin_main(add, delete, check)
