@@ -134,7 +134,8 @@ class OvsController(app_manager.OSKenApp):
         by_dpid, nodes, pods = membership(self.store)
         me = by_dpid.get(sw.dp.id)
         if me is None:
-            LOG.warning("switch %016x is no node of the store yet; not programming it",
+            LOG.warning("switch %016x belongs to no node in the store (yet, or any more); "
+                        "not programming it",
                         sw.dp.id)
             return
         sw.node = me.name

@@ -11,6 +11,7 @@ connection factory is wrapped to skip TCP options.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +65,50 @@ class ControllerDaemon(Daemon):
 
 
 class _UnixConnection:
-    """A switch connection on a unix socket that ignores TCP-level socket options."""
+    """A switch connection on a unix socket: ignores TCP-level socket options, and reports
+    the switch hanging up (``on_eof``): os-ken's native hub cannot stop a datapath's send
+    thread, so without this a disconnect is never noticed."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self.on_eof: Callable[[], None] = lambda: None
 
     def setsockopt(self, level: int, *args: Any) -> None:
         if level != socket.IPPROTO_TCP:
             self._sock.setsockopt(level, *args)
 
+    def recv(self, size: int) -> bytes:
+        try:
+            data = self._sock.recv(size)
+        except OSError:
+            self.on_eof()
+            raise
+        if not data:
+            self.on_eof()
+        return data
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def _serve_switch(sock: socket.socket, address: Any) -> None:
+    """os-ken's datapath_connection_factory, on a unix socket."""
+    from os_ken.controller.controller import Datapath
+    from os_ken.controller.handler import DEAD_DISPATCHER
+    conn = _UnixConnection(sock)
+    with contextlib.closing(Datapath(conn, address or "unix")) as dp:
+        def hung_up() -> None:
+            dp.set_state(DEAD_DISPATCHER)  # the app forgets the switch now
+            try:  # wake the send thread so that it ends
+                if dp.send_q is not None:
+                    dp.send_q.put_nowait((b"", True))
+            except Exception:  # noqa: BLE001, S110 - a full queue: it is awake anyway
+                pass
+        conn.on_eof = hung_up
+        try:
+            dp.serve()
+        except Exception:  # noqa: BLE001 - os-ken's threads swallow errors: log them
+            logging.getLogger("knetlab.ovs.controller").exception("switch connection failed")
 
 
 def _plain_logging() -> None:
@@ -101,13 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.CONF(args=[], project="os_ken")
     cfg.CONF.set_override("ofp_listen_host", args.socket)  # a path: a unix socket
     from os_ken.controller import controller as ofp_controller
-
-    plain = ofp_controller.datapath_connection_factory
-
-    def factory(sock: socket.socket, address: Any) -> None:
-        plain(_UnixConnection(sock), address or args.socket)
-
-    ofp_controller.datapath_connection_factory = factory
+    ofp_controller.datapath_connection_factory = _serve_switch
     from knetlab.overlays.ovs import controller
     _plain_logging()
     controller.CONFIG.update(store=args.store, status=args.status, vni=args.vni)
