@@ -124,20 +124,25 @@ class Cluster:
         return node
 
     def _start_pods(self, specs: list[PodSpec]) -> None:
+        """Create pods node by node; a node's pods are wired (CNI ADD, in order, so addresses
+        follow the topology) while the next node's pause shells are being made."""
         assert self.net
-        made = []
+        by_node: dict[str, list[PodSpec]] = {}
         for ps in specs:
             if ps.name in self.pods or ps.name in self.nodes:
                 raise KnetlabError(f"name {ps.name} is already used in cluster {self.spec.name}")
-            pod = self.net.addHost(ps.name, cls=Pod, rundir=self.rundir, node=ps.node, ip=None)
-            self.pods[ps.name] = pod
-            made.append(pod)
-        by_node: dict[str, list[Pod]] = {}
-        for pod in made:
-            by_node.setdefault(pod.node_name, []).append(pod)
-        # Nodes in parallel, each node's pods in order (addresses follow the topology).
+            by_node.setdefault(ps.node, []).append(ps)
         with ThreadPoolExecutor(CNI_WORKERS) as pool:
-            for fut in [pool.submit(self._wire, pods) for pods in by_node.values()]:
+            futures = []
+            for group in by_node.values():
+                pods = []
+                for ps in group:
+                    pod = self.net.addHost(ps.name, cls=Pod, rundir=self.rundir, node=ps.node,
+                                           ip=None)
+                    self.pods[ps.name] = pod
+                    pods.append(pod)
+                futures.append(pool.submit(self._wire, pods))
+            for fut in futures:
                 fut.result()
 
     def _wire(self, pods: list[Pod]) -> None:

@@ -16,6 +16,7 @@ Life cycle, driven by ``Cluster``::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -94,6 +95,16 @@ def register(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
+#: every data plane's module; each registers its Backend classes when imported
+BACKEND_MODULES = [
+    "knetlab.overlays.static_routes",
+    "knetlab.overlays.flannel.backend",
+    "knetlab.overlays.calico",
+    "knetlab.overlays.ovs.backend",
+]
+
+
 def backends() -> dict[str, type[Backend]]:
-    import knetlab.overlays  # noqa: F401 - modules register themselves on import
+    for module in BACKEND_MODULES:
+        importlib.import_module(module)
     return dict(_REGISTRY)

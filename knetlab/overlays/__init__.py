@@ -1,4 +1,5 @@
-"""Data planes; importing this package registers every one of them by name."""
+"""Data planes, one module each; ``knetlab.dataplane.BACKEND_MODULES`` lists them.
 
-from knetlab.overlays import calico, flannel, static_routes  # noqa: F401
-from knetlab.overlays.ovs import backend as ovs_backend  # noqa: F401
+Nothing is imported here on purpose: agents and forwarders that run as their own
+processes import their own module only, and must not pay for every data plane's imports.
+"""
