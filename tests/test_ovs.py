@@ -184,3 +184,9 @@ def test_ovs_gre_leaf_spine(lab) -> None:  # noqa: ANN001
     # The node IP moved to br-phy and the route to the fabric moved with it.
     route = c.node("node-1").run(["ip", "route", "show", "192.168.0.0/16"]).stdout
     assert "dev br-phy" in route
+    # A node joins rack 2 of the running lab, another leaves: the overlay follows.
+    c.add_node("node-5", rack=2)
+    c.add_pod("ov-p5", "node-5")
+    c.delete_node("node-2")
+    report = c.check()
+    assert report.ok, report

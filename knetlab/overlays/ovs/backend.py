@@ -175,6 +175,19 @@ class OvsBackend(Backend):
             raise KnetlabError("usage: ofctl NODE COMMAND [ARGS...] (e.g. dump-flows, show)")
         return self._switch(node).ofctl(*args)
 
+    def controller_action(self, action: str) -> dict[str, Any]:
+        """Stop, start or restart the os-ken controller (switches keep their flows)."""
+        assert self.controller
+        if action not in ("stop", "start", "restart"):
+            raise KnetlabError(f"unknown controller action {action!r} (stop, start, restart)")
+        if action in ("stop", "restart"):
+            self.controller.stop()
+        if action in ("start", "restart"):
+            if not self.controller.alive():
+                self.controller.start()
+            self.wait_programmed()
+        return self.controller.status()
+
     def controller_status(self) -> dict[str, Any]:
         assert self.controller
         return self.controller.status()
@@ -187,7 +200,7 @@ class OvsBackend(Backend):
 
     def rpc_methods(self) -> dict[str, Callable[..., Any]]:
         return {"ovs_flows": self.flows, "ovs_ofctl": self.ofctl,
-                "ovs_status": self.controller_status}
+                "ovs_status": self.controller_status, "ovs_controller": self.controller_action}
 
     def cli_commands(self) -> dict[str, Callable[[str], str]]:
         def flows(line: str) -> str:
@@ -201,7 +214,13 @@ class OvsBackend(Backend):
             if len(args) < 2:
                 return "usage: ofctl NODE COMMAND [ARGS...]"
             return self.ofctl(args[0], args[1:])
-        return {"flows": flows, "ofctl": ofctl}
+        def controller(line: str) -> str:
+            args = line.split()
+            if len(args) != 1:
+                return "usage: controller stop|start|restart"
+            status = self.controller_action(args[0])
+            return f"os-ken {'running, pid ' + str(status['pid']) if status['running'] else 'DOWN'}"
+        return {"flows": flows, "ofctl": ofctl, "controller": controller}
 
     def describe(self) -> dict[str, Any]:
         if not self.controller:

@@ -29,6 +29,11 @@ def add_commands(sub: Any, cluster_arg: Callable[[argparse.ArgumentParser], None
     of.add_argument("node")
     of.add_argument("command", nargs=argparse.REMAINDER)
     of.set_defaults(func=cmd_ofctl)
+    oc = sub.add_parser("ovs-controller", help="stop, start or restart the os-ken controller "
+                        "of a detached OVS lab (switches keep forwarding while it is down)")
+    cluster_arg(oc)
+    oc.add_argument("action", choices=["stop", "start", "restart"])
+    oc.set_defaults(func=cmd_controller)
     st = sub.add_parser("ovs-status", help="the OVS controller and each switch's connection")
     cluster_arg(st)
     st.set_defaults(func=cmd_status)
@@ -96,6 +101,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             since = f"{time.time() - sw['since']:.0f}s"
             print(f"{n['name']:10} {'connected':12} {sw['dpid']:18} {sw['flows']:>6} "
                   f"{sw['synced_rev']:>10} {since:>8}")
-        else:
+        elif rep["running"]:
             print(f"{n['name']:10} {'not connected':12}")
+        else:  # fail_mode=secure: the switch keeps the flows it holds
+            print(f"{n['name']:10} {'no controller (forwarding with the flows it holds)'}")
     return 0
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from knetlab.supervisor import request
+    rd, _ = _lab(args)
+    request(rd, "ovs_controller", action=args.action)
+    return cmd_status(args)
