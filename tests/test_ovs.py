@@ -190,3 +190,13 @@ def test_ovs_gre_leaf_spine(lab) -> None:  # noqa: ANN001
     c.delete_node("node-2")
     report = c.check()
     assert report.ok, report
+
+
+def test_flows_are_shown_by_table_name() -> None:
+    from knetlab.overlays.ovs.backend import format_flows
+    dump = ("OFPST_FLOW reply (OF1.3) (xid=0x2):\n"
+            " cookie=0x1, priority=100,arp actions=goto_table:10\n"
+            " cookie=0x2, table=40, priority=100,dl_dst=0a:58:0a:f4:01:01 actions=output:2\n")
+    shown = format_flows(dump).splitlines()
+    assert shown[0].startswith("table 0 Classifier") and "cookie=0x1" in shown[1]
+    assert shown[2].startswith("table 40 LocalOutput") and "output:2" in shown[3]
