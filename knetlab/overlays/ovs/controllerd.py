@@ -5,7 +5,7 @@ It runs in the root namespace and listens only on a unix socket in its own run d
 sets TCP_NODELAY on every switch connection, which a unix socket refuses, so the
 connection factory is wrapped to skip TCP options.
 
-    python knetlab/overlays/ovs/controllerd.py --socket S --store DIR --status F --vni N
+    python -m knetlab.overlays.ovs.controllerd --socket S --store DIR --status F --vni N
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ControllerDaemon(Daemon):
         self.status_file = self.dir / "status.json"
 
     def command(self) -> list[str]:
-        return [sys.executable, str(Path(__file__).resolve()),
+        return [sys.executable, "-m", "knetlab.overlays.ovs.controllerd",
                 "--socket", str(self.socket), "--store", str(self.store_dir),
                 "--status", str(self.status_file), "--vni", str(self.vni)]
 
@@ -152,16 +152,5 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)  # os-ken's threads are not daemons and cannot be stopped one by one
 
 
-def _without_other_planes() -> None:
-    """Make ``knetlab.overlays.ovs`` importable without ``knetlab/overlays/__init__.py``,
-    which imports every data plane (Mininet, ...): seconds off every controller start."""
-    import types
-    sys.path[:1] = []  # this script's folder: its module names must not shadow anything
-    overlays = types.ModuleType("knetlab.overlays")
-    overlays.__path__ = [str(Path(__file__).resolve().parents[1])]
-    sys.modules.setdefault("knetlab.overlays", overlays)
-
-
 if __name__ == "__main__":
-    _without_other_planes()
     raise SystemExit(main())
