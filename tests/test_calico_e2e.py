@@ -34,11 +34,15 @@ def poll(cond: Callable[[], bool], timeout: float, what: str) -> float:
 
 def bird_routes(host) -> set[str]:  # noqa: ANN001 - a NetnsHost
     out = host.run(["ip", "-j", "route", "show", "proto", "bird"]).stdout
-    return {r["dst"] for r in json.loads(out or "[]")}
+    return {r["dst"] for r in json.loads(out or "[]") if r.get("type") != "blackhole"}
 
 
 def others(c, node: str) -> set[str]:  # noqa: ANN001 - a Cluster
-    return {n.spec.pod_cidr for n in c.k8s_nodes() if n.name != node}
+    return {b for n in c.k8s_nodes() if n.name != node for b in c.backend.blocks(n.name)}
+
+
+def block(c, node: str) -> str:  # noqa: ANN001 - a Cluster
+    return c.backend.blocks(node)[0]
 
 
 def capture(host, intf: str, bpf: str, action: Callable[[], None]) -> str:  # noqa: ANN001
@@ -66,24 +70,26 @@ def test_mesh_check_no_encap_membership_and_kill(lab) -> None:  # noqa: ANN001
     assert f"{src.ip} > {dst.ip}: ICMP echo request" in seen  # plain IP: no encapsulation
     # join: announced everywhere within 1 s of the speaker being up
     node = c.add_node("node-4")
-    poll(lambda: all(node.spec.pod_cidr in bird_routes(n) for n in c.k8s_nodes()
+    b4 = block(c, "node-4")
+    poll(lambda: all(b4 in bird_routes(n) for n in c.k8s_nodes()
                      if n is not node), 1.0, "node-4's block everywhere")
     c.delete_node("node-4")
-    poll(lambda: all(node.spec.pod_cidr not in bird_routes(n) for n in c.k8s_nodes()),
+    poll(lambda: all(b4 not in bird_routes(n) for n in c.k8s_nodes()),
          1.0, "node-4's block withdrawn everywhere")
     # kill -9 of a speaker: the TCP session resets, peers withdraw at once
+    b3 = block(c, "node-3")
     os.kill(c.backend.speakers["node-3"].pid, signal.SIGKILL)
-    took = poll(lambda: "10.244.3.0/24" not in bird_routes(c.node("node-1")), 3.0,
+    took = poll(lambda: b3 not in bird_routes(c.node("node-1")), 3.0,
                 "killed speaker's routes withdrawn")
     assert took < 1.0
 
 
 def test_hung_speaker_removed_after_hold_time(lab) -> None:  # noqa: ANN001
     c = lab(TOPOLOGIES / "calico-mesh.yaml")
-    pid = c.backend.speakers["node-2"].pid
+    pid, b2 = c.backend.speakers["node-2"].pid, block(c, "node-2")
     os.kill(pid, signal.SIGSTOP)
     try:
-        took = poll(lambda: "10.244.2.0/24" not in bird_routes(c.node("node-1")), 8.0,
+        took = poll(lambda: b2 not in bird_routes(c.node("node-1")), 8.0,
                     "hung speaker's routes withdrawn after the hold time")
         assert 2.0 < took < 6.0, took  # hold time 3 s (+ ExaBGP's reactor tick)
     finally:
@@ -96,7 +102,7 @@ def test_exabgp_reflectors_attributes_and_failover(lab) -> None:  # noqa: ANN001
     rows = status.routes(c.rundir, "node-1")
     via = {(r[0], r[2]): r for r in rows}
     rr1, rr2 = c.backend.rr_ips["rr-1"], c.backend.rr_ips["rr-2"]
-    r = via[("10.244.2.0/24", rr1)]
+    r = via[(block(c, "node-2"), rr1)]
     assert r[3] == "192.168.0.12" and r[4] == rr1  # originator-id, cluster-list
     peers = status.peers(c.rundir, "node-1")
     assert {p[0] for p in peers} == {rr1, rr2} and all(p[2] == "up" for p in peers)
@@ -111,14 +117,14 @@ def test_bird_reflector(lab) -> None:  # noqa: ANN001
     c = lab(TOPOLOGIES / "calico-bird-rr.yaml")
     assert c.check().ok
     rows = status.routes(c.rundir, "node-1")
-    assert any(r[0] == "10.244.2.0/24" and r[4] for r in rows if r[4] != "-")
+    assert any(r[0] == block(c, "node-2") and r[4] for r in rows if r[4] != "-")
     assert "Established" in status.status_text(c.rundir, "rr-1")
 
 
 def test_tor_mode_leaf_spine(lab) -> None:  # noqa: ANN001
     c = lab(TOPOLOGIES / "calico-tor.yaml")
     assert c.check().ok
-    assert {"10.244.1.0/24", "10.244.4.0/24"} <= bird_routes(c.host("spine-1"))
+    assert {block(c, "node-1"), block(c, "node-4")} <= bird_routes(c.host("spine-1"))
     assert "ToR" in status.status_text(c.rundir, "node-1")
 
 

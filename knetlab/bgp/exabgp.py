@@ -7,12 +7,15 @@ stdout. Settings that matter here (see KERNEL.md): run as root without dropping 
 speaker's own addresses (ExaBGP only listens when told to, and two speakers that both only
 connect never meet), ``reactor.speed=10`` for low idle CPU.
 
+Of each pair of speakers only the lower address dials (see ``passive``).
+
 Membership changes rewrite the config and send SIGUSR1: ExaBGP reloads it and only the
 neighbours that changed are touched.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import sys
@@ -52,10 +55,19 @@ neighbor {address} {{
     local-as {asn};
     peer-as {asn};
     hold-time {hold};
+    passive {passive};
     family {{ ipv4 unicast; }}
     api {{ processes [ knetlab ]; receive {{ parsed; update; }} neighbor-changes; }}
 {static}}}
 """
+
+
+def passive(n: Neighbor) -> bool:
+    """Only the lower address of a pair dials. ExaBGP 4.2 breaks on a connection collision
+    (both ends dial at once: "'NoneType' object has no attribute 'router_id'" in its log,
+    and the session never comes up); a reflector or ToR with a higher address than its
+    clients waits for them, as BIRD's ``passive on`` does."""
+    return ipaddress.ip_address(n.local_address) > ipaddress.ip_address(n.address)
 
 
 def render(cfg: SpeakerConfig, python: str = sys.executable) -> str:
@@ -69,7 +81,7 @@ def render(cfg: SpeakerConfig, python: str = sys.executable) -> str:
     for n in sorted(cfg.neighbors, key=lambda n: n.address):
         out.append(NEIGHBOR.format(address=n.address, kind=n.kind, router_id=cfg.router_id,
                                    local=n.local_address, asn=cfg.asn, hold=cfg.hold_time,
-                                   static=static))
+                                   static=static, passive=str(passive(n)).lower()))
     return "\n".join(out)
 
 

@@ -1,0 +1,86 @@
+"""calico-ipam blocks: claims in the store (unit, no root), and a whole lab where a node
+with more pods than a block claims a second one, announces both (aggregated), blackholes
+them, and every pod is reachable."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from knetlab.bgp.blocks import aggregate
+from knetlab.cni.plugins.calico_ipam import BlockStore, allocate, node_blocks, release
+from knetlab.errors import ConfigError
+from knetlab.topologies.schema import load_topology
+from tests.conftest import needs_root, write_topology
+
+POOL = "10.244.0.0/16"
+
+
+def test_blocks_claimed_per_node_and_more_when_full(tmp_path: Path) -> None:
+    with BlockStore(str(tmp_path)) as s:
+        ips = [allocate(s, POOL, 30, "node-1", f"c{i}/eth0") for i in range(5)]
+        other = allocate(s, POOL, 30, "node-2", "x/eth0")
+        assert allocate(s, POOL, 30, "node-1", "c0/eth0") == ips[0]  # idempotent
+        mine = sorted(b["cidr"] for b in node_blocks(s, "node-1"))
+    # .0 is the pool's network address: the first /30 gives 3, the next one 4
+    assert ips[0] == "10.244.0.1" and mine == ["10.244.0.0/30", "10.244.0.4/30"]
+    assert other == "10.244.0.8"  # node-2 got a block of its own
+    assert aggregate(mine) == ["10.244.0.0/29"]
+    with BlockStore(str(tmp_path)) as s:
+        assert release(s, "node-1", "c4/eth0") == ips[4]
+        assert allocate(s, POOL, 30, "node-1", "c9/eth0") == ips[4]  # reused, no new block
+    assert json.loads((tmp_path / ".revision").read_text()) > 0
+
+
+def test_claims_are_atomic_across_racing_nodes(tmp_path: Path) -> None:
+    def one(node: str) -> str:
+        with BlockStore(str(tmp_path)) as s:
+            return allocate(s, POOL, 26, node, "p/eth0")
+
+    with ThreadPoolExecutor(8) as pool:
+        ips = list(pool.map(one, [f"node-{i}" for i in range(16)]))
+    blocks = BlockStore(str(tmp_path)).blocks()
+    assert len(ips) == len(set(ips)) == 16
+    assert len({b["cidr"] for b in blocks}) == len(blocks) == 16
+
+
+def test_block_size_range_is_validated(tmp_path: Path) -> None:
+    topo = write_topology(tmp_path, "name: cb-bad\ndataplane: calico-bgp\n"
+                          "bgp: {blockSize: 33}\nnodes: {count: 1}\n")
+    with pytest.raises(ConfigError, match="blockSize"):
+        load_topology(topo)
+
+
+TOPO = """name: cb-ipam
+dataplane: calico-bgp
+bgp: {mode: mesh, blockSize: 29}
+underlay: {type: segment, cidr: 192.168.0.0/24}
+nodes: {count: 2}
+pods:
+  perNode: 1
+"""
+
+
+@pytest.mark.e2e
+@needs_root
+def test_second_block_announced_blackholed_and_reachable(tmp_path: Path, lab) -> None:  # noqa: ANN001
+    c = lab(write_topology(tmp_path, TOPO))
+    for i in range(1, 9):  # 9 pods on node-1: more than a /29 (7 or 8 addresses)
+        c.add_pod(f"extra-{i}", "node-1")
+    blocks = [b["cidr"] for b in node_blocks(c.backend.block_store(), "node-1")]
+    assert len(blocks) >= 2, blocks
+    announced = c.backend.blocks("node-1")
+    assert announced == aggregate(blocks)
+    routes = json.loads(c.node("node-1").run(["ip", "-j", "route", "show", "type",
+                                              "blackhole"]).stdout)
+    assert {r["dst"] for r in routes} == set(announced)
+    assert c.backend.wait_converged(5.0)
+    node2 = c.node("node-2")
+    learned = json.loads(node2.run(["ip", "-j", "route", "show", "proto", "bird"]).stdout)
+    assert set(announced) <= {r["dst"] for r in learned if r.get("type") != "blackhole"}
+    far = c.pod("extra-8")
+    assert c.pod("pod-2-0").run(["ping", "-c1", "-W2", far.ip], check=False).returncode == 0
+    assert c.check().ok
