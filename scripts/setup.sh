@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   mininet openvswitch-switch iproute2 iptables nftables iperf3 tcpdump ethtool
   iputils-ping containernetworking-plugins procps util-linux psmisc conntrack
-  python3-venv python3-yaml exabgp bird2
+  python3-venv python3-yaml exabgp bird2 frr
 )
 
 missing=()

@@ -89,3 +89,57 @@ class Bird(Daemon):
     def birdc(self, *args: str) -> str:
         return shell.run(["birdc", "-s", str(self.socket), *args],
                          context=f"birdc on {self.owner}").stdout
+
+
+CLIENT = """\
+# knetlab: BIRD as a route reflector client {name}
+router id {router_id};
+log "{log}" all;
+protocol device {{ }}
+protocol static {{ ipv4; {statics} }}
+protocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; learn off; }}
+{peers}"""
+
+CLIENT_PEER = """\
+protocol bgp rr_{n} {{
+    description "route reflector";
+    local {local} as {asn};
+    neighbor {address} internal;
+    direct;
+    hold time {hold};
+    connect retry time 1;
+    error wait time 1,2;
+    ipv4 {{ import all; export where source = RTS_STATIC; next hop self; }};
+}}
+"""
+
+
+@dataclass
+class BirdClientConfig:
+    router_id: str
+    asn: int
+    hold_time: int
+    reflectors: list[str]
+    networks: list[str]  # announced (a blackhole here, as Calico's block)
+
+
+class BirdClient(Bird):
+    """BIRD 2 as a node: a client of the reflectors, announcing its networks and
+    installing what it learns into its kernel (``protocol kernel``, proto bird).
+    ``direct``: the reflectors and next hops are on the segment; without it iBGP resolves
+    next hops recursively through an IGP table there is none of (unreachable routes)."""
+
+    def __init__(self, rundir: RunDir, owner: str, netns: str | None,
+                 cfg: BirdClientConfig) -> None:  # noqa: D107
+        Daemon.__init__(self, rundir, owner, netns)
+        self.client = cfg
+        self.socket = self.dir / "bird.ctl"
+
+    def render_config(self) -> str:
+        c = self.client
+        peers = "".join(CLIENT_PEER.format(n=i, local=c.router_id, asn=c.asn, address=a,
+                                           hold=c.hold_time)
+                        for i, a in enumerate(c.reflectors, 1))
+        statics = " ".join(f"route {p} blackhole;" for p in c.networks)
+        return CLIENT.format(name=self.owner, router_id=c.router_id, log=self.log_file,
+                             statics=statics, peers=peers)

@@ -86,6 +86,7 @@ class CalicoBgpBackend(Backend):
         self.reflectors: dict[str, Daemon] = {}  # owner -> ExaBGP or Bird
         self.rr_ips: dict[str, str] = {}  # owner -> address its clients peer with
         self.rr_hosts: dict[str, NetnsHost] = {}
+        self.external: dict[str, str] = {}  # outside speaker (FRR, BIRD) -> its address
 
     # -- reflectors ------------------------------------------------------------------
     def setup(self) -> None:
@@ -102,16 +103,28 @@ class CalicoBgpBackend(Backend):
 
     def _reflector_hosts(self) -> None:
         """Route reflectors in their own namespaces on the segment, at its top addresses."""
+        cidr = self.cluster.spec.underlay.cidr
+        for k in range(1, self.settings["reflectors"] + 1):
+            ip = str(cidr.broadcast_address - k)
+            self.rr_hosts[f"rr-{k}"], self.rr_ips[f"rr-{k}"] = self.segment_host(f"rr-{k}", ip), ip
+
+    def segment_host(self, name: str, ip: str) -> NetnsHost:
+        """A namespace on the segment at ``ip`` (a reflector, or an outside router)."""
         net, cidr = self.cluster.net, self.cluster.spec.underlay.cidr
         switch = self.cluster.underlay.switches[1]
-        for k in range(1, self.settings["reflectors"] + 1):
-            host = net.addHost(f"rr-{k}", cls=NetnsHost, rundir=self.cluster.rundir, ip=None)
-            link = net.addLink(host, switch)
-            switch.attach(link.intf2)
-            ip = str(cidr.broadcast_address - k)
-            host.ip_batch([f"addr add {ip}/{cidr.prefixlen} dev {link.intf1.name}",
-                           f"link set {link.intf1.name} up", "link set lo up"])
-            self.rr_hosts[host.name], self.rr_ips[host.name] = host, ip
+        host = net.addHost(name, cls=NetnsHost, rundir=self.cluster.rundir, ip=None)
+        link = net.addLink(host, switch)
+        switch.attach(link.intf2)
+        host.ip_batch([f"addr add {ip}/{cidr.prefixlen} dev {link.intf1.name}",
+                       f"link set {link.intf1.name} up", "link set lo up"])
+        return host
+
+    def add_external_peer(self, name: str, ip: str) -> None:
+        """An outside speaker (FRR, BIRD) becomes a client of every ExaBGP reflector."""
+        self.external[name] = ip
+        for owner, daemon in self.reflectors.items():
+            if isinstance(daemon, ExaBGP) and owner in self.rr_hosts:
+                daemon.reconfigure(self._rr_config(owner))
 
     def _cluster_id(self, owner: str) -> str:
         return self.settings["cluster_id"] or self.rr_ips[owner]
@@ -140,6 +153,7 @@ class CalicoBgpBackend(Backend):
         neighbors += [Neighbor(n.node_ip, me, "route reflector client")
                       for n in self.cluster.k8s_nodes()
                       if ipaddress.ip_address(n.node_ip) in self._client_range(owner)]
+        neighbors += [Neighbor(ip, me, "route reflector client") for ip in self.external.values()]
         args = ["knetlab.bgp.reflector", "--router-id", me, "--cluster-id",
                 self._cluster_id(owner)]
         for n in neighbors:
