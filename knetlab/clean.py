@@ -13,10 +13,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 from knetlab import shell
-from knetlab.daemon import stop_pid
+from knetlab.daemon import stop_pids
 from knetlab.rundir import PREFIX, RunDir, labs, pid_alive
 
 log = logging.getLogger("knetlab.clean")
@@ -67,16 +68,16 @@ def clean_lab(rd: RunDir) -> list[str]:
     removed: list[str] = []
     owned = rd.owned()
     inodes = _live_namespaces(owned)
-    # Daemons first (they may hold namespaces), shells last.
-    pids = sorted((e for e in owned if e.get("kind") == "pid"),
-                  key=lambda e: "mininet:" in e.get("match", ""))
-    for e in pids:
-        if pid_alive(e["pid"], e["match"]):
-            stop_pid(e["pid"], e["match"], timeout=2)
-            removed.append(f"process {e['pid']} ({e.get('name', '')})")
-    for pid in _processes_in(inodes):
-        stop_pid(pid, "", timeout=1)
-        removed.append(f"process {pid} (inside a lab namespace)")
+    # Daemons first (they may hold namespaces), shells last; each group signalled at once.
+    pids = [e for e in owned if e.get("kind") == "pid" and pid_alive(e["pid"], e["match"])]
+    daemons = [(e["pid"], e["match"]) for e in pids if "mininet:" not in e["match"]]
+    shells = [(e["pid"], e["match"]) for e in pids if "mininet:" in e["match"]]
+    stop_pids(daemons, signal.SIGTERM)
+    stop_pids(shells, signal.SIGHUP)  # interactive bash ignores SIGTERM; SIGHUP ends it
+    removed += [f"process {e['pid']} ({e.get('name', '')})" for e in pids]
+    strays = _processes_in(inodes)
+    stop_pids([(pid, "") for pid in strays], signal.SIGTERM, timeout=1)
+    removed += [f"process {pid} (inside a lab namespace)" for pid in strays]
     for name in root_links(re.compile(rf"^{rd.tag}")):
         shell.run(["ip", "link", "del", name], check=False)
         removed.append(f"link {name}")

@@ -132,20 +132,32 @@ class Daemon:
 
 def stop_pid(pid: int, match: str, timeout: float = 3.0) -> None:
     """SIGTERM, wait, then SIGKILL; only while the pid still carries ``match``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not pid_alive(pid, match):
-            return
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    stop_pids([(pid, match)], signal.SIGTERM, timeout)
+
+
+def stop_pids(pids: list[tuple[int, str]], first: signal.Signals = signal.SIGTERM,
+              timeout: float = 3.0) -> None:
+    """Signal every (pid, match) at once with ``first``, wait up to ``timeout`` for all,
+    then SIGKILL the rest; a pid is touched only while it still carries its ``match``."""
+    for sig in (first, signal.SIGKILL):
+        live = [(p, m) for p, m in pids if _alive(p, m)]
+        for pid, _ in live:
             try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    return
-            except ChildProcessError:
+                os.kill(pid, sig)
+            except ProcessLookupError:
                 pass
-            if not pid_alive(pid, match):
-                return
+        deadline = time.monotonic() + timeout
+        while live and time.monotonic() < deadline:
             time.sleep(0.01)
+            live = [(p, m) for p, m in live if _alive(p, m)]
+        if not live:
+            return
+
+
+def _alive(pid: int, match: str) -> bool:
+    try:  # reap it if it is our child
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    return pid_alive(pid, match)

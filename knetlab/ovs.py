@@ -31,7 +31,7 @@ class OvsdbServer(Daemon):
         return ["ovsdb-server", str(d / "conf.db"), f"--remote=punix:{d / 'db.sock'}",
                 "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
                 f"--pidfile={self.pid_file}", f"--unixctl={d / 'ovsdb-server.ctl'}",
-                f"--log-file={self.log_file}"]
+                f"--log-file={self.log_file}", "-vconsole:off"]
 
     def env(self) -> dict[str, str]:
         return ovs_env(self.ovs_dir)
@@ -50,7 +50,8 @@ class OvsVswitchd(Daemon):
     def command(self) -> list[str]:
         d = self.ovs_dir
         return ["ovs-vswitchd", f"unix:{d / 'db.sock'}", f"--pidfile={self.pid_file}",
-                f"--unixctl={d / 'ovs-vswitchd.ctl'}", f"--log-file={self.log_file}"]
+                f"--unixctl={d / 'ovs-vswitchd.ctl'}", f"--log-file={self.log_file}",
+                "-vconsole:off"]
 
     def env(self) -> dict[str, str]:
         return ovs_env(self.ovs_dir)

@@ -165,7 +165,7 @@ def test_vxlan_membership_and_healing(lab) -> None:
 
     # Something deletes a route: the agent's periodic resync repairs it.
     n1.run(["ip", "route", "del", "10.244.2.0/24"])
-    wait_for(lambda: pings(c, "pod-1-0", "pod-2-0"), 10, "route repair")
+    wait_for(lambda: pings(c, "pod-1-0", "pod-2-0"), 15, "route repair")
 
     # Kill the agent by pid, delete flannel.1 by hand: broken until the agent restarts.
     agent = c.backend.agents["node-1"]

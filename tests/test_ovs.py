@@ -101,15 +101,13 @@ def test_ovs_vxlan_end_to_end(lab) -> None:  # noqa: ANN001
     # 50 MB of TCP across nodes, time-limited.
     server = b.popen(["iperf3", "-s", "-1"])
     try:
-        deadline = time.monotonic() + 5
-        res = None
-        while time.monotonic() < deadline:
-            res = a.run(["iperf3", "-c", b.ip, "-n", "50M", "-J", "--connect-timeout", "1000"],
-                        check=False, timeout=60)
-            if res.ok:
-                break
-            time.sleep(0.1)
-        assert res and res.ok, res
+        deadline = time.monotonic() + 5  # connect only once it listens: -1 serves one client
+        while ":5201" not in b.run(["ss", "-ltnH"], check=False).stdout:
+            assert time.monotonic() < deadline, "iperf3 server did not listen"
+            time.sleep(0.05)
+        res = a.run(["iperf3", "-c", b.ip, "-n", "50M", "-J", "--connect-timeout", "3000"],
+                    check=False, timeout=60)
+        assert res.ok and "sum_sent" in res.stdout, res
         end = json.loads(res.stdout)["end"]
         # iperf3's receiver window closes a little before the last bytes are counted.
         assert end["sum_sent"]["bytes"] >= 50 * 2**20

@@ -23,7 +23,7 @@ from knetlab.overlays.flannel import kernel, subnet
 from knetlab.store import Store
 
 log = logging.getLogger("flannel.agent")
-RESYNC = 3.0  # seconds between unconditional reconciles (repairs; cheap enough at 100 nodes)
+RESYNC = 10.0  # seconds between unconditional reconciles (repairs), as flanneld's route check
 
 
 def write_subnet_env(path: Path, local: kernel.Local, mtu: int) -> None:
