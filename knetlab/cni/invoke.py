@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
+from knetlab.cni.netutil import run
 from knetlab.cni.types import CNIError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
@@ -29,13 +29,12 @@ def find_plugin(kind: str, paths: list[str]) -> str:
 
 
 def exec_plugin(path: str, conf: dict[str, Any], env: dict[str, str],
-                netns: str | None = None, timeout: float = 60) -> dict[str, Any] | None:
+                netns: str | None = None) -> dict[str, Any] | None:
     argv = [path] if not netns else ["nsenter", f"--net={netns}", "--", path]
-    proc = subprocess.run(argv, input=json.dumps(conf), capture_output=True, text=True,
-                          env=env, timeout=timeout)
-    if proc.returncode != 0:
-        raise CNIError.from_output(proc.stdout, proc.stderr, proc.returncode)
-    out = proc.stdout.strip()
+    rc, out, err = run(argv, json.dumps(conf), env)
+    if rc != 0:
+        raise CNIError.from_output(out, err, rc)
+    out = out.strip()
     return json.loads(out) if out else None
 
 

@@ -10,12 +10,16 @@ Kernel work is batched: one ``ip -batch`` in the node and one in the pod. MACs a
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-import re
-import subprocess
-
 from knetlab.cni.invoke import delegate
+from knetlab.cni.netutil import (
+    int_to_ip,
+    ip_batch,
+    local_mac,
+    mac_for,
+    parse_cidr,
+    run,
+    short_hash,
+)
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
 
@@ -27,34 +31,13 @@ if TYPE_CHECKING:
 BRIDGE_FAILED = 101
 VETH_FAILED = 102
 
-
-def _ip_batch(lines: list[str], netns: str | None, what: str, code: int,
-              may_exist: frozenset[int] = frozenset()) -> None:
-    """Run ``ip -force -batch``; failures of the lines in ``may_exist`` (1-based) are fine
-    when the object already exists (another pod made the bridge first)."""
-    argv = ["ip", "-force", "-batch", "-"]
-    if netns:
-        argv = ["nsenter", f"--net={netns}", "--", *argv]
-    proc = subprocess.run(argv, input="\n".join(lines) + "\n", capture_output=True, text=True)
-    if proc.returncode == 0:
-        return
-    failed = {int(m) for m in re.findall(r"Command failed -:(\d+)", proc.stderr)}
-    exists = "File exists" in proc.stderr or "already assigned" in proc.stderr
-    if not failed or not failed <= may_exist or not exists:
-        raise CNIError(code, f"failed to {what}", proc.stderr.strip())
-
-
-def _mac_for(ip: ipaddress.IPv4Address) -> str:
-    return "0a:58:" + ":".join(f"{b:02x}" for b in ip.packed)
+# Shared with the ovs and calico plugins, which import them from here.
+_ip_batch = ip_batch
+_mac_for = mac_for
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
-    return "veth" + hashlib.sha1(f"{container_id}/{ifname}".encode()).hexdigest()[:8]
-
-
-def _host_mac(name: str) -> str:
-    h = hashlib.sha1(name.encode()).digest()
-    return "02:" + ":".join(f"{b:02x}" for b in h[:5])
+    return "veth" + short_hash(f"{container_id}/{ifname}")
 
 
 def _conf(args: Args) -> dict[str, Any]:
@@ -67,25 +50,27 @@ def _conf(args: Args) -> dict[str, Any]:
     return conf
 
 
-def _masq(args: Args, conf: dict[str, Any], ip: ipaddress.IPv4Interface, add: bool) -> None:
+def _masq(args: Args, conf: dict[str, Any], addr: str, add: bool) -> None:
     """Reference layout: POSTROUTING -s IP -> CNI-<hash> (ACCEPT own subnet, else MASQUERADE)."""
-    chain = "CNI-" + hashlib.sha1(f"{conf['name']}{args.container_id}".encode()).hexdigest()[:24]
+    chain = "CNI-" + short_hash(f"{conf['name']}{args.container_id}") + short_hash(
+        f"{args.container_id}{conf['name']}")
     comment = f'name: "{conf["name"]}" id: "{args.container_id}"'
+    ip, plen = parse_cidr(addr)
+    network = f"{int_to_ip(ip & (0xFFFFFFFF << (32 - plen)))}/{plen}"
     if add:
         rules = [f":{chain} - [0:0]",
-                 f"-A {chain} -d {ip.network} -m comment --comment {comment!r} -j ACCEPT",
+                 f"-A {chain} -d {network} -m comment --comment {comment!r} -j ACCEPT",
                  f"-A {chain} ! -d 224.0.0.0/4 -m comment --comment {comment!r} -j MASQUERADE",
-                 f"-A POSTROUTING -s {ip.ip} -m comment --comment {comment!r} -j {chain}"]
-        text = "*nat\n" + "\n".join(rules) + "\nCOMMIT\n"
-        proc = subprocess.run(["iptables-restore", "--noflush", "-w"], input=text,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise CNIError(BRIDGE_FAILED, "failed to set up IP masquerade", proc.stderr.strip())
+                 f"-A POSTROUTING -s {int_to_ip(ip)} -m comment --comment {comment!r} -j {chain}"]
+        rc, _, err = run(["iptables-restore", "--noflush", "-w"],
+                         "*nat\n" + "\n".join(rules) + "\nCOMMIT\n")
+        if rc != 0:
+            raise CNIError(BRIDGE_FAILED, "failed to set up IP masquerade", err.strip())
         return
-    subprocess.run(["iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", str(ip.ip), "-m",
-                    "comment", "--comment", comment, "-j", chain], capture_output=True)
-    subprocess.run(["iptables", "-w", "-t", "nat", "-F", chain], capture_output=True)
-    subprocess.run(["iptables", "-w", "-t", "nat", "-X", chain], capture_output=True)
+    run(["iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", int_to_ip(ip), "-m",
+         "comment", "--comment", comment, "-j", chain])
+    run(["iptables", "-w", "-t", "nat", "-F", chain])
+    run(["iptables", "-w", "-t", "nat", "-X", chain])
 
 
 def add(args: Args) -> dict[str, Any]:
@@ -105,11 +90,12 @@ def _wire(args: Args, conf: dict[str, Any], br: str, mtu: int,
     if not ipam_result.get("ips"):
         raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP addresses")
     first = ipam_result["ips"][0]
-    addr = ipaddress.IPv4Interface(first["address"])
-    gw = ipaddress.IPv4Address(first["gateway"]) if first.get("gateway") else None
+    addr = first["address"]
+    ip, plen = addr.split("/")
+    gw = first.get("gateway")
     veth = host_veth_name(args.container_id, args.ifname)
-    host_mac, pod_mac = _host_mac(veth), _mac_for(addr.ip)
-    br_mac = _mac_for(gw) if gw else _host_mac(br)
+    host_mac, pod_mac = local_mac(veth), mac_for(ip)
+    br_mac = mac_for(gw) if gw else local_mac(br)
     node = [f"link add {br} address {br_mac} type bridge",
             f"link set {br} up",
             f"link add {veth} mtu {mtu} address {host_mac} type veth peer name {args.ifname} "
@@ -118,19 +104,19 @@ def _wire(args: Args, conf: dict[str, Any], br: str, mtu: int,
     if conf.get("hairpinMode"):
         node.append(f"link set {veth} type bridge_slave hairpin on")
     if conf.get("isGateway") and gw:
-        node.append(f"addr add {gw}/{addr.network.prefixlen} dev {br}")
+        node.append(f"addr add {gw}/{plen} dev {br}")
     # The bridge (line 1) and its address (last line) may exist already; the veth may not.
-    _ip_batch(node, None, f"attach {args.ifname} of {args.container_id} to bridge {br}",
-              BRIDGE_FAILED, frozenset({1, len(node)} if conf.get("isGateway") else {1}))
+    ip_batch(node, None, f"attach {args.ifname} of {args.container_id} to bridge {br}",
+             BRIDGE_FAILED, frozenset({1, len(node)} if conf.get("isGateway") else {1}))
     pod = [f"addr add {addr} dev {args.ifname}", f"link set {args.ifname} up"]
     routes = list(ipam_result.get("routes", []))
     if conf.get("isDefaultGateway") and gw and not any(r.get("dst") == "0.0.0.0/0" for r in routes):
-        routes.append({"dst": "0.0.0.0/0", "gw": str(gw)})
+        routes.append({"dst": "0.0.0.0/0", "gw": gw})
     for r in routes:
-        via = r.get("gw") or (str(gw) if gw else None)
+        via = r.get("gw") or gw
         pod.append(f"route add {r['dst']}" + (f" via {via}" if via else "")
                    + f" dev {args.ifname}")
-    _ip_batch(pod, args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
+    ip_batch(pod, args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
     if conf.get("isGateway"):
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
@@ -154,11 +140,10 @@ def delete(args: Args) -> None:
     delegate(conf["ipam"]["type"], "DEL", conf)
     # The pod's end lives in the pod namespace; deleting the host end removes both, and the
     # host end outlives a pod namespace that is already gone (DEL must still succeed).
-    subprocess.run(["ip", "link", "del", host_veth_name(args.container_id, args.ifname)],
-                   capture_output=True)
+    run(["ip", "link", "del", host_veth_name(args.container_id, args.ifname)])
     if conf.get("ipMasq"):
         for ip in prev.get("ips", []):
-            _masq(args, conf, ipaddress.IPv4Interface(ip["address"]), add=False)
+            _masq(args, conf, ip["address"], add=False)
 
 
 def check(args: Args) -> None:
@@ -169,15 +154,15 @@ def check(args: Args) -> None:
     delegate(conf["ipam"]["type"], "CHECK", conf)
     br = conf.get("bridge", "cni0")
     veth = host_veth_name(args.container_id, args.ifname)
-    proc = subprocess.run(["ip", "-o", "link", "show", veth], capture_output=True, text=True)
-    if proc.returncode != 0 or f"master {br}" not in proc.stdout:
+    rc, out, _ = run(["ip", "-o", "link", "show", veth])
+    if rc != 0 or f"master {br}" not in out:
         raise CNIError(VETH_FAILED, f"bridge: host veth {veth} missing or not on {br}")
-    shown = subprocess.run(["nsenter", f"--net={args.netns}", "--", "ip", "-o", "-4", "addr",
-                            "show", "dev", args.ifname], capture_output=True, text=True)
+    rc, shown, err = run(["nsenter", f"--net={args.netns}", "--", "ip", "-o", "-4", "addr",
+                          "show", "dev", args.ifname])
     for ip in prev.get("ips", []):
-        if f"inet {ip['address']} " not in shown.stdout:
+        if f"inet {ip['address']} " not in shown:
             raise CNIError(VETH_FAILED, f"bridge: {args.ifname} in {args.netns} lacks "
-                           f"{ip['address']}", shown.stderr.strip())
+                           f"{ip['address']}", err.strip())
 
 
 def main() -> None:

@@ -3,16 +3,16 @@
 Store layout (as the reference plugin): ``<dataDir>/<network>/<ip>`` holds
 ``<containerID>\\n<ifname>``; ``last_reserved_ip.0`` remembers where to continue, so a
 released address is not handed out again at once. DEL is idempotent.
+Addresses are plain integers here (no ipaddress/pathlib: a plugin's import time is paid
+by every pod).
 """
 
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
-from contextlib import contextmanager
-from pathlib import Path
 
+from knetlab.cni.netutil import int_to_ip, ip_to_int
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
 
@@ -26,28 +26,36 @@ DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 NO_ADDRESS = 100  # plugin-specific code: the range is full
 
 
+def _addr(text: str, what: str) -> int:
+    try:
+        return ip_to_int(text)
+    except ValueError:
+        raise CNIError(INVALID_CONFIG, f"invalid {what} {text!r}") from None
+
+
 class RangeSet:
     def __init__(self, subnet: str, start: str | None, end: str | None, gateway: str | None):
-        try:
-            self.subnet = ipaddress.IPv4Network(subnet)
-        except ValueError as exc:
-            raise CNIError(INVALID_CONFIG, f"invalid subnet {subnet!r}", str(exc)) from None
-        hosts = self.subnet.num_addresses
-        first = self.subnet.network_address + (1 if hosts > 2 else 0)
-        last = self.subnet.broadcast_address - (1 if hosts > 2 else 0)
-        self.start = ipaddress.IPv4Address(start) if start else first
-        self.end = ipaddress.IPv4Address(end) if end else last
-        self.gateway = ipaddress.IPv4Address(gateway) if gateway else first
+        net, _, plen_text = subnet.partition("/")
+        if not plen_text.isdigit() or not 0 < int(plen_text) <= 32:
+            raise CNIError(INVALID_CONFIG, f"invalid subnet {subnet!r}")
+        self.prefixlen = int(plen_text)
+        size = 1 << (32 - self.prefixlen)
+        self.network = _addr(net, "subnet") & ~(size - 1) & 0xFFFFFFFF
+        self.broadcast = self.network + size - 1
+        inner = 1 if size > 2 else 0
+        self.start = _addr(start, "rangeStart") if start else self.network + inner
+        self.end = _addr(end, "rangeEnd") if end else self.broadcast - inner
+        self.gateway = _addr(gateway, "gateway") if gateway else self.network + inner
         for ip in (self.start, self.end):
-            if ip not in self.subnet:
-                raise CNIError(INVALID_CONFIG, f"range address {ip} is outside {self.subnet}")
+            if not self.network <= ip <= self.broadcast:
+                raise CNIError(INVALID_CONFIG, f"range address {int_to_ip(ip)} is outside "
+                               f"{subnet}")
 
-    def candidates(self, after: ipaddress.IPv4Address | None) -> Iterator[ipaddress.IPv4Address]:
+    def candidates(self, after: int | None) -> Iterator[int]:
         """Every usable address once, starting after ``after`` and wrapping around."""
-        size = int(self.end) - int(self.start) + 1
-        offset = 0
-        if after is not None and self.start <= after <= self.end:
-            offset = int(after) - int(self.start) + 1
+        size = self.end - self.start + 1
+        offset = after - self.start + 1 if after is not None and self.start <= after <= self.end \
+            else 0
         for i in range(size):
             ip = self.start + (offset + i) % size
             if ip != self.gateway:
@@ -56,21 +64,25 @@ class RangeSet:
 
 class Store:
     def __init__(self, data_dir: str, network: str) -> None:
-        self.dir = Path(data_dir) / network
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = os.path.join(data_dir, network)
+        os.makedirs(self.dir, exist_ok=True)
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        with open(self.dir / "lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def lock(self) -> int:
+        """An exclusive lock on the network's store; close the returned fd to release."""
+        fd = os.open(self._path("lock"), os.O_WRONLY | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
 
     def allocations(self) -> dict[str, tuple[str, str]]:
         out = {}
-        for p in self.dir.iterdir():
-            if p.name[0].isdigit():
-                cid, _, ifname = p.read_text().partition("\n")
-                out[p.name] = (cid.strip(), ifname.strip())
+        for name in os.listdir(self.dir):
+            if name[0].isdigit():
+                with open(self._path(name)) as f:
+                    cid, _, ifname = f.read().partition("\n")
+                out[name] = (cid.strip(), ifname.strip())
         return out
 
     def find(self, cid: str, ifname: str) -> str | None:
@@ -81,22 +93,27 @@ class Store:
 
     def reserve(self, ip: str, cid: str, ifname: str) -> bool:
         try:
-            fd = os.open(self.dir / ip, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(self._path(ip), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
             f.write(f"{cid}\n{ifname}")
-        (self.dir / "last_reserved_ip.0").write_text(ip)
+        with open(self._path("last_reserved_ip.0"), "w") as f:
+            f.write(ip)
         return True
 
-    def last_reserved(self) -> ipaddress.IPv4Address | None:
+    def last_reserved(self) -> int | None:
         try:
-            return ipaddress.IPv4Address((self.dir / "last_reserved_ip.0").read_text().strip())
+            with open(self._path("last_reserved_ip.0")) as f:
+                return ip_to_int(f.read().strip())
         except (OSError, ValueError):
             return None
 
     def release(self, ip: str) -> None:
-        (self.dir / ip).unlink(missing_ok=True)
+        try:
+            os.unlink(self._path(ip))
+        except FileNotFoundError:
+            pass
 
 
 def _ipam(args: Args) -> tuple[dict[str, Any], RangeSet, Store]:
@@ -121,7 +138,7 @@ def _ipam(args: Args) -> tuple[dict[str, Any], RangeSet, Store]:
 def _result(args: Args, ipam: dict[str, Any], rs: RangeSet, ip: str) -> dict[str, Any]:
     result = {
         "cniVersion": args.version,
-        "ips": [{"address": f"{ip}/{rs.subnet.prefixlen}", "gateway": str(rs.gateway)}],
+        "ips": [{"address": f"{ip}/{rs.prefixlen}", "gateway": int_to_ip(rs.gateway)}],
         "routes": ipam.get("routes", []),
         "dns": ipam.get("dns", {}),
     }
@@ -130,25 +147,31 @@ def _result(args: Args, ipam: dict[str, Any], rs: RangeSet, ip: str) -> dict[str
 
 def add(args: Args) -> dict[str, Any]:
     ipam, rs, store = _ipam(args)
-    with store.locked():
+    lock = store.lock()
+    try:
         ip = store.find(args.container_id, args.ifname)
         if ip is None:
             for candidate in rs.candidates(store.last_reserved()):
-                if store.reserve(str(candidate), args.container_id, args.ifname):
-                    ip = str(candidate)
+                if store.reserve(int_to_ip(candidate), args.container_id, args.ifname):
+                    ip = int_to_ip(candidate)
                     break
-        if ip is None:
-            raise CNIError(NO_ADDRESS, f"no IP addresses available in range set "
-                           f"{rs.start}-{rs.end}")
+    finally:
+        os.close(lock)
+    if ip is None:
+        raise CNIError(NO_ADDRESS, f"no IP addresses available in range set "
+                       f"{int_to_ip(rs.start)}-{int_to_ip(rs.end)}")
     return _result(args, ipam, rs, ip)
 
 
 def delete(args: Args) -> None:
     _, _, store = _ipam(args)
-    with store.locked():
+    lock = store.lock()
+    try:
         ip = store.find(args.container_id, args.ifname)
         if ip:
             store.release(ip)
+    finally:
+        os.close(lock)
 
 
 def check(args: Args) -> None:
@@ -163,10 +186,13 @@ def gc(args: Args) -> None:
     _, _, store = _ipam(args)
     valid = {(a.get("containerID"), a.get("ifname"))
              for a in args.conf.get("cni.dev/valid-attachments", [])}
-    with store.locked():
+    lock = store.lock()
+    try:
         for ip, owner in store.allocations().items():
             if owner not in valid:
                 store.release(ip)
+    finally:
+        os.close(lock)
 
 
 def main() -> None:
