@@ -203,7 +203,12 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    _, state = running_lab(args.cluster)
+    rd, state = running_lab(args.cluster)
+    from knetlab.supervisor import request
+    try:  # live from the supervisor (controller state, leases); else the last state file
+        state = {**state, **request(rd, "state", timeout=10)}
+    except KnetlabError:
+        pass
     public = {k: v for k, v in state.items() if k not in ("hosts", "owner_match")}
     if args.output == "json":
         print(json.dumps(public, indent=2))

@@ -98,6 +98,8 @@ def summary(state: dict[str, Any]) -> str:
     parts = [head, summary_nodes(state)]
     if state["pods"]:
         parts.append(summary_pods(state))
+    if state.get("summary"):  # the data plane's own lines (controller state, ...)
+        parts.append("\n".join(state["summary"]))
     daemons = state.get("daemons")
     if daemons:
         parts.append(_table([["DAEMON", "OWNER", "PID"]]

@@ -229,8 +229,15 @@ class OvsBackend(Backend):
         for name, sw in self.switches.items():
             daemons += [{"name": d.name, "owner": name, "pid": d.pid}
                         for d in (sw.ovs.ovsdb, sw.ovs.vswitchd)]
-        return {"daemons": daemons, "ovs": {"tunnel": self.tunnel, "vni": self.settings["vni"],
-                                            "controller": self.controller.status()}}
+        ctl = self.controller.status()
+        state = f"running, pid {ctl['pid']}" if ctl["running"] else "DOWN"
+        lines = [f"controller os-ken: {state}"]
+        for node in sorted(self.switches):
+            sw = ctl["switches"].get(node)
+            lines.append(f"  {node} br-int: " + (f"connected, {sw['flows']} flows" if sw
+                                                  else "not connected"))
+        return {"daemons": daemons, "summary": lines,
+                "ovs": {"tunnel": self.tunnel, "vni": self.settings["vni"], "controller": ctl}}
 
 
 def format_flows(dump: str) -> str:
