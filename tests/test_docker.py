@@ -20,7 +20,7 @@ from knetlab.nodes.host import NetnsHost
 from tests.conftest import TOPOLOGIES, needs_root, write_topology
 
 pytestmark = [needs_root, pytest.mark.e2e]
-ECHO = str(Path(__file__).with_name("docker_echo.py"))
+ECHO = str(Path(__file__).resolve().parent.parent / "examples" / "docker" / "echo.py")
 EXT_IP = "192.168.0.200"
 
 
