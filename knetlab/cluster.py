@@ -124,29 +124,27 @@ class Cluster:
         return node
 
     def _start_pods(self, specs: list[PodSpec]) -> None:
-        """Create pods node by node; a node's pods are wired (CNI ADD, in order, so addresses
-        follow the topology) while the next node's pause shells are being made."""
+        """Create and wire pods, nodes in parallel: each node's pause shells are made and
+        wired (CNI ADD) in order, so addresses follow the topology."""
         assert self.net
         by_node: dict[str, list[PodSpec]] = {}
         for ps in specs:
             if ps.name in self.pods or ps.name in self.nodes:
                 raise KnetlabError(f"name {ps.name} is already used in cluster {self.spec.name}")
             by_node.setdefault(ps.node, []).append(ps)
-        with ThreadPoolExecutor(CNI_WORKERS) as pool:
-            futures = []
-            for group in by_node.values():
-                pods = []
-                for ps in group:
-                    pod = self.net.addHost(ps.name, cls=Pod, rundir=self.rundir, node=ps.node,
-                                           ip=None)
-                    self.pods[ps.name] = pod
-                    pods.append(pod)
-                futures.append(pool.submit(self._wire, pods))
-            for fut in futures:
-                fut.result()
+        try:
+            with ThreadPoolExecutor(CNI_WORKERS) as pool:
+                for fut in [pool.submit(self._wire, group) for group in by_node.values()]:
+                    fut.result()
+        finally:  # listed in topology order, whatever order the threads finished in
+            order = {p.name: i for i, p in enumerate(self.spec.pods + specs)}
+            self.pods = dict(sorted(self.pods.items(), key=lambda kv: order.get(kv[0], 0)))
 
-    def _wire(self, pods: list[Pod]) -> None:
-        for pod in pods:
+    def _wire(self, specs: list[PodSpec]) -> None:
+        assert self.net
+        for ps in specs:
+            pod = self.net.addHost(ps.name, cls=Pod, rundir=self.rundir, node=ps.node, ip=None)
+            self.pods[ps.name] = pod
             kubelet = self.nodes[pod.node_name].kubelet
             assert kubelet
             try:

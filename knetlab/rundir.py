@@ -60,10 +60,10 @@ class RunDir:
 
     # -- ownership record --------------------------------------------------------
     def record(self, **entry: Any) -> None:
+        # One write(2) per line, no fsync: a killed supervisor's writes are already in the
+        # kernel, and after a power loss there are no namespaces left to clean.
         with self.owned_file.open("a") as f:
             f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
     def record_process(self, pid: int, match: str, name: str = "") -> None:
         """Own a process: clean kills it only if its command line still contains ``match``."""

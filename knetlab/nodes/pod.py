@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from mininet.link import Intf
 
+from knetlab.netns import link_up
 from knetlab.nodes.host import NetnsHost
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ class Pod(NetnsHost):
         self.container_id = hashlib.sha1(f"{rundir.cluster}/{name}".encode()).hexdigest()
         self.ip = ""
         self.cni_result: dict[str, Any] = {}
-        self.cmd("ip link set lo up")
+        link_up(self.netns, "lo")
 
     def attached(self, result: dict[str, Any], ifname: str = "eth0") -> None:
         """Record the CNI result and show eth0 to Mininet (for ``pod ping other-pod``)."""
