@@ -193,8 +193,8 @@ def test_macvlan_parent_limitation_and_shim(lab: Cluster) -> None:
                "host=192.168.0.142", "mac")
         serve(lab, "node-1", "m1", "--network", "mac")
         assert until(lambda: _ping(n1, "192.168.0.129"))  # through the shim
-        # (TCP through the shim to the re-created m1 timed out intermittently: not yet
-        # understood, so only ICMP is asserted here; see the closing note of issue 6.)
+        got = reaches(n1, "tcp", "192.168.0.129", 80)
+        assert got.startswith("80 "), ask(n1, "tcp", "192.168.0.129", 80)
     finally:
         for node, name in (("node-1", "m1"), ("node-2", "m2")):
             docker(lab, node, "rm", "-f", name)

@@ -73,6 +73,9 @@ class MacvlanDriver:
             return
         # The shim: the node's own macvlan child, so node <-> containers meet in the
         # macvlan bridge instead of needing the (impossible) parent <-> child path.
+        # The parent must not answer ARP for the shim's address (ARP flux): its MAC is the
+        # one address a macvlan child can never reach, and TCP to the shim would stall.
+        engine.node.run(["sysctl", "-qw", f"net.ipv4.conf.{net.parent}.arp_ignore=1"])
         engine.node.ip_batch([f"link add {net.ifname} link {net.parent} type macvlan mode bridge",
                               f"addr add {shim}/32 dev {net.ifname}",
                               f"link set {net.ifname} up",
