@@ -165,3 +165,12 @@ def test_bad_topology_cli_error_is_one_line(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "underlay.type" in p.stderr and ":3:" in p.stderr
     assert not RunDir("lab-bad").exists()
+
+
+def test_example_experiment_script_runs() -> None:
+    """The README's scripted-experiment example works as shipped."""
+    script = Path(__file__).resolve().parent.parent / "examples" / "experiment.py"
+    p = subprocess.run([sys.executable, str(script), str(TOPOLOGIES / "default.yaml")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "check OK" in p.stdout and "cross node" in p.stdout
