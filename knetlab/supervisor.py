@@ -52,6 +52,8 @@ def serve(topology: str) -> int:
     except (KnetlabError, Exception) as exc:  # noqa: BLE001 - reported to the waiting CLI
         print(f"ERROR: {exc}", flush=True)
         return 1
+    # Owned like any daemon: `knetlab clean` stops a supervisor whose lab it removes.
+    cluster.rundir.record_process(os.getpid(), "knetlab.supervisor", "supervisor")
     stop = False
 
     def on_term(*_: Any) -> None:

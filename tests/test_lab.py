@@ -174,3 +174,17 @@ def test_example_experiment_script_runs() -> None:
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "check OK" in p.stdout and "cross node" in p.stdout
+
+
+def test_clean_stops_a_running_supervisor(tmp_path: Path) -> None:
+    topo = write_topology(tmp_path, "name: lab-sup\nnodes: {count: 2}\npods: {perNode: 1}\n")
+    knetlab("up", "-d", str(topo))
+    rd = RunDir("lab-sup")
+    state = rd.read_state()
+    assert state and pid_alive(state["owner_pid"], state["owner_match"])
+    knetlab("clean", "--cluster", "lab-sup")
+    deadline = time.monotonic() + 10
+    while pid_alive(state["owner_pid"], state["owner_match"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(state["owner_pid"], state["owner_match"])
+    assert not rd.exists()
