@@ -69,7 +69,8 @@ def clean_lab(rd: RunDir) -> list[str]:
     owned = rd.owned()
     inodes = _live_namespaces(owned)
     # Daemons first (they may hold namespaces), shells last; each group signalled at once.
-    pids = [e for e in owned if e.get("kind") == "pid" and pid_alive(e["pid"], e["match"])]
+    pids = [e for e in owned if e.get("kind") == "pid" and e["pid"] != os.getpid()
+            and pid_alive(e["pid"], e["match"])]  # (the supervisor cleaning its own lab)
     daemons = [(e["pid"], e["match"]) for e in pids if "mininet:" not in e["match"]]
     shells = [(e["pid"], e["match"]) for e in pids if "mininet:" in e["match"]]
     stop_pids(daemons, signal.SIGTERM)
