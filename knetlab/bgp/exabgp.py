@@ -19,7 +19,9 @@ import ipaddress
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from knetlab.daemon import Daemon, DaemonError
@@ -27,6 +29,7 @@ from knetlab.daemon import Daemon, DaemonError
 if TYPE_CHECKING:
     from knetlab.rundir import RunDir
 
+RELOADED = "loaded new configuration successfully"  # ExaBGP's log line after a (re)load
 STATE_FILE = "bgp-state.json"  # written by the API program: peers and learned routes
 
 
@@ -87,6 +90,7 @@ def render(cfg: SpeakerConfig, python: str = sys.executable) -> str:
 
 class ExaBGP(Daemon):
     name = "exabgp"
+    ready_timeout = 60.0  # a hundred booting at once on 2 cores take a while
 
     def __init__(self, rundir: RunDir, owner: str, netns: str | None,
                  cfg: SpeakerConfig) -> None:
@@ -116,8 +120,11 @@ class ExaBGP(Daemon):
     def is_ready(self) -> bool:
         return self.state_file.exists()  # the API program is up and has written its state
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         self.state_file.unlink(missing_ok=True)
+        if not wait:  # the owner boots many at once and calls wait_ready / retry itself
+            super().start(wait=False)
+            return
         try:
             super().start()
         except DaemonError:
@@ -128,13 +135,42 @@ class ExaBGP(Daemon):
             self.state_file.unlink(missing_ok=True)
             super().start()
 
-    def reconfigure(self, cfg: SpeakerConfig) -> bool:
-        """Rewrite the config; SIGUSR1 makes ExaBGP reload it. True if anything changed."""
+    def internal_log(self) -> Path:
+        return self.dir / "exabgp-internal.log"  # where ExaBGP logs once it runs
+
+    def _log_size(self) -> int:
+        try:
+            return self.internal_log().stat().st_size
+        except OSError:
+            return 0
+
+    def reconfigure(self, cfg: SpeakerConfig) -> int | None:
+        """Rewrite the config; SIGUSR1 makes ExaBGP reload it. If it changed, return the
+        reload count before the signal (for ``wait_reloaded``), else None."""
         self.cfg = cfg
         text = render(cfg)
         if self.config_file.exists() and self.config_file.read_text() == text:
-            return False
+            return None
+        before = self._log_size()
         self.config_file.write_text(text)
         if self.pid is not None and self.alive():
             os.kill(self.pid, signal.SIGUSR1)
-        return True
+        return before
+
+    def wait_reloaded(self, before: int, timeout: float = 5.0) -> bool:
+        """Wait until ExaBGP has applied a new config. A speaker that dials a peer which
+        does not know it yet is refused, and ExaBGP backs off for seconds (the slow joins
+        seen before): new speakers start only once their reflectors have reloaded."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with self.internal_log().open("rb") as f:
+                    f.seek(before)
+                    if RELOADED.encode() in f.read():
+                        return True
+            except OSError:
+                pass
+            if not self.alive():
+                return True
+            time.sleep(0.01)
+        return False

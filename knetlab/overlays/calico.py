@@ -24,6 +24,7 @@ from knetlab.bgp.bird import Bird, BirdConfig
 from knetlab.bgp.blocks import aggregate
 from knetlab.bgp.exabgp import ExaBGP, Neighbor, SpeakerConfig
 from knetlab.cni.plugins.calico_ipam import BlockStore, allocate, claim_block, node_blocks
+from knetlab.daemon import DaemonError
 from knetlab.dataplane import Backend, register
 from knetlab.nodes.host import NetnsHost
 from knetlab.routes import reconcile_routes
@@ -86,6 +87,7 @@ class CalicoBgpBackend(Backend):
         self.reflectors: dict[str, Daemon] = {}  # owner -> ExaBGP or Bird
         self.rr_ips: dict[str, str] = {}  # owner -> address its clients peer with
         self.rr_hosts: dict[str, NetnsHost] = {}
+        self.clients: set[str] = set()  # node addresses the reflectors have known
         self.external: dict[str, str] = {}  # outside speaker (FRR, BIRD) -> its address
 
     # -- reflectors ------------------------------------------------------------------
@@ -150,9 +152,13 @@ class CalicoBgpBackend(Backend):
     def _rr_config(self, owner: str) -> SpeakerConfig:
         me = self.rr_ips[owner]
         neighbors = [Neighbor(ip, me, RR) for o, ip in self.rr_ips.items() if o != owner]
-        neighbors += [Neighbor(n.node_ip, me, "route reflector client")
-                      for n in self.cluster.k8s_nodes()
-                      if ipaddress.ip_address(n.node_ip) in self._client_range(owner)]
+        # Clients that left stay configured (passive: nothing dials them). ExaBGP 4.2 does
+        # not take a neighbour removed and re-added at the same address (a node deleted,
+        # another joining at its IP): the new session stays stuck in "connected".
+        self.clients.update(n.node_ip for n in self.cluster.k8s_nodes())
+        neighbors += [Neighbor(ip, me, "route reflector client")
+                      for ip in sorted(self.clients)
+                      if ipaddress.ip_address(ip) in self._client_range(owner)]
         neighbors += [Neighbor(ip, me, "route reflector client") for ip in self.external.values()]
         args = ["knetlab.bgp.reflector", "--router-id", me, "--cluster-id",
                 self._cluster_id(owner)]
@@ -233,20 +239,32 @@ class CalicoBgpBackend(Backend):
         """Start speakers of new nodes; reload every speaker whose peers changed."""
         # Reflectors first and with the whole membership: ExaBGP drops routes its API
         # program injected when a reload touches a neighbour, so avoid reloads at start.
+        reloading = []
         for owner in self.rr_hosts:
             daemon = self.reflectors.get(owner)
             if daemon is None:
                 self._start_reflector(owner)
             elif isinstance(daemon, ExaBGP):
-                daemon.reconfigure(self._rr_config(owner))
+                before = daemon.reconfigure(self._rr_config(owner))
+                if before is not None:
+                    reloading.append((daemon, before))
+        for daemon, before in reloading:  # a joining node must not dial them too early
+            daemon.wait_reloaded(before)
+        new = []
         for node in self.cluster.k8s_nodes():
             cfg = self._node_config(node)
             if node.name in self.speakers:
                 self.speakers[node.name].reconfigure(cfg)
-            else:
+            else:  # boot every new speaker at once: a 100-node lab starts in parallel
                 speaker = ExaBGP(self.cluster.rundir, node.name, node.netns, cfg)
-                speaker.start()
+                speaker.start(wait=False)
                 self.speakers[node.name] = speaker
+                new.append(speaker)
+        for speaker in new:
+            try:
+                speaker.wait_ready()
+            except DaemonError:
+                speaker.start()  # stops what is left, starts it again (one retry)
         self.wait_converged()
 
     def learned(self, node: str) -> set[tuple[str, str]]:
@@ -260,25 +278,46 @@ class CalicoBgpBackend(Backend):
     def learned_prefixes(self, node: str) -> set[str]:
         return {p for _peer, p in self.learned(node)}
 
-    def expected(self, node: K8sNode) -> set[tuple[str, str]]:
+    def all_blocks(self) -> dict[str, list[str]]:
+        """node -> its announced (aggregated) blocks, from one read of the store."""
+        out: dict[str, list[str]] = {}
+        for b in self.block_store().blocks():
+            out.setdefault(b["node"], []).append(b["cidr"])
+        return {n: aggregate(cidrs) for n, cidrs in out.items()}
+
+    def expected(self, node: K8sNode, blocks: dict[str, list[str]] | None = None
+                 ) -> set[tuple[str, str]]:
         """What a converged node has learned: every other block, from every peer that
         should carry it (each reflector, with two: they are independent)."""
+        blocks = self.all_blocks() if blocks is None else blocks
         nodes = self.cluster.k8s_nodes()
         if self.settings["mode"] == "mesh":
-            return {(p.node_ip, b) for p in nodes if p is not node for b in self.blocks(p.name)}
+            return {(p.node_ip, b) for p in nodes if p is not node
+                    for b in blocks.get(p.name, [])}
         peers = [n.address for n in self._node_config(node).neighbors]
         return {(peer, b) for peer in peers for p in nodes if p is not node
-                for b in self.blocks(p.name)}
+                for b in blocks.get(p.name, [])}
 
-    def wait_converged(self, timeout: float = CONVERGE_TIMEOUT) -> bool:
+    def converged(self) -> bool:
+        blocks = self.all_blocks()
+        return all(self.learned(n.name) >= self.expected(n, blocks)
+                   for n in self.cluster.k8s_nodes())
+
+    def wait_converged(self, timeout: float | None = None) -> bool:
         """Poll until every node has learned everything (bring-up and membership changes
         return converged, so `up --check` never races BGP)."""
+        if timeout is None:  # a 100-node bring-up boots 100 speakers on 2 cores
+            timeout = max(CONVERGE_TIMEOUT, 0.4 * len(self.cluster.k8s_nodes()))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self.learned(n.name) >= self.expected(n) for n in self.cluster.k8s_nodes()):
+            if self.converged():
                 return True
             time.sleep(0.02)
-        log.warning("BGP not converged after %.0fs; see `knetlab bgp status`", timeout)
+        blocks = self.all_blocks()
+        missing = {n.name: sorted(self.expected(n, blocks) - self.learned(n.name))[:3]
+                   for n in self.cluster.k8s_nodes()}
+        log.warning("BGP not converged after %.0fs; see `knetlab bgp status`; missing "
+                    "(peer, prefix): %s", timeout, {n: m for n, m in missing.items() if m})
         return False
 
     def remove_node(self, node: K8sNode) -> None:
