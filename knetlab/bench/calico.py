@@ -53,6 +53,8 @@ def convergence(tmp: Path, nodes: int, joins: int) -> dict[str, Any]:
             block = backend.blocks(name)[0]
             while not all(block in backend.learned_prefixes(n.name)
                           for n in c.k8s_nodes() if n is not node):
+                if time.monotonic() - t0 > JOIN_DEADLINE:
+                    raise TimeoutError(f"{name} not learned everywhere in {JOIN_DEADLINE}s")
                 time.sleep(0.01)
             times.append(time.monotonic() - t0)
             c.delete_node(name)
@@ -126,6 +128,7 @@ def throughput(tmp: Path) -> list[dict[str, Any]]:
 
 
 SIZES = ((10, 8), (50, 6), (100, 6))  # (nodes, joins)
+JOIN_DEADLINE = 20.0
 
 
 def run(out_dir: Path) -> dict[str, Any]:
