@@ -15,7 +15,8 @@ import ipaddress
 import subprocess
 
 from knetlab.cni.invoke import delegate
-from knetlab.cni.plugins.bridge import VETH_FAILED, _ip_batch
+from knetlab.cni.netutil import ip_batch as _ip_batch
+from knetlab.cni.plugins.bridge import VETH_FAILED
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
 
