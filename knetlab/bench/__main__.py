@@ -24,7 +24,7 @@ def main() -> int:
     p.add_argument("--only", action="append", help="run only these benchmarks")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # benches hand paths to daemons that chdir to /
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {"date": time.strftime("%Y-%m-%d %H:%M:%S")}
     failed = 0
