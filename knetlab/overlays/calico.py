@@ -316,8 +316,10 @@ class CalicoBgpBackend(Backend):
         blocks = self.all_blocks()
         missing = {n.name: sorted(self.expected(n, blocks) - self.learned(n.name))[:3]
                    for n in self.cluster.k8s_nodes()}
-        log.warning("BGP not converged after %.0fs; see `knetlab bgp status`; missing "
-                    "(peer, prefix): %s", timeout, {n: m for n, m in missing.items() if m})
+        short = {n: m for n, m in missing.items() if m}
+        shown = dict(list(short.items())[:3])  # a 100-node dump would bury the message
+        log.warning("BGP not converged after %.0fs on %d nodes; see `knetlab bgp status`; "
+                    "missing (peer, prefix), first nodes: %s", timeout, len(short), shown)
         return False
 
     def remove_node(self, node: K8sNode) -> None:
