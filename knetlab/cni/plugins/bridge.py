@@ -31,11 +31,6 @@ if TYPE_CHECKING:
 BRIDGE_FAILED = 101
 VETH_FAILED = 102
 
-# Shared with the ovs and calico plugins, which import them from here.
-_ip_batch = ip_batch
-_mac_for = mac_for
-
-
 def host_veth_name(container_id: str, ifname: str) -> str:
     return "veth" + short_hash(f"{container_id}/{ifname}")
 

@@ -15,7 +15,7 @@ import ipaddress
 import subprocess
 
 from knetlab.cni.invoke import delegate
-from knetlab.cni.netutil import ip_batch as _ip_batch
+from knetlab.cni.netutil import ip_batch
 from knetlab.cni.plugins.bridge import VETH_FAILED
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
@@ -60,7 +60,7 @@ def _wire(args: Args, conf: dict[str, Any], ipam: dict[str, Any]) -> dict[str, A
     mtu = int(conf.get("mtu", 1500))
     veth = host_veth_name(args.container_id, args.ifname)
     host_mac, pod_mac = _mac(veth), _mac(f"{veth}/pod")
-    _ip_batch([f"link add {veth} mtu {mtu} address {host_mac} type veth peer name "
+    ip_batch([f"link add {veth} mtu {mtu} address {host_mac} type veth peer name "
                f"{args.ifname} mtu {mtu} address {pod_mac} netns {args.netns}",
                f"link set {veth} up",
                f"route replace {ip}/32 dev {veth} scope link"],
@@ -71,7 +71,7 @@ def _wire(args: Args, conf: dict[str, Any], ipam: dict[str, Any]) -> dict[str, A
             f.write("0" if value == "proxy_delay" else "1")
     with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
         f.write("1")
-    _ip_batch([f"addr add {ip}/32 dev {args.ifname}",
+    ip_batch([f"addr add {ip}/32 dev {args.ifname}",
                f"link set {args.ifname} up",
                f"neigh replace {GATEWAY} lladdr {host_mac} dev {args.ifname} nud permanent",
                f"route add {GATEWAY} dev {args.ifname} scope link",

@@ -24,7 +24,8 @@ import subprocess
 import time
 
 from knetlab.cni.invoke import delegate
-from knetlab.cni.plugins.bridge import _ip_batch, _mac_for, host_veth_name
+from knetlab.cni.netutil import ip_batch, mac_for
+from knetlab.cni.plugins.bridge import host_veth_name
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
 
@@ -95,8 +96,8 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
     gw = first.get("gateway")
     mtu = int(conf.get("mtu", 1450))
     veth = host_veth_name(args.container_id, args.ifname)
-    pod_mac = _mac_for(addr.ip)
-    _ip_batch([f"link add {veth} mtu {mtu} type veth peer name {args.ifname} mtu {mtu} "
+    pod_mac = mac_for(addr.ip)
+    ip_batch([f"link add {veth} mtu {mtu} type veth peer name {args.ifname} mtu {mtu} "
                f"address {pod_mac} netns {args.netns}", f"link set {veth} up"],
               None, f"create veth {veth} for {args.container_id}", VETH_FAILED)
     pod = [f"addr add {addr} dev {args.ifname}", f"link set {args.ifname} up"]
@@ -107,7 +108,7 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
         via = r.get("gw") or gw
         pod.append(f"route add {r['dst']}" + (f" via {via}" if via else "")
                    + f" dev {args.ifname}")
-    _ip_batch(pod, args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
+    ip_batch(pod, args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
     _run(["nsenter", f"--net={args.netns}", "--", "ethtool", "-K", args.ifname, "tx", "off"],
          f"turn off tx checksum offload on {args.ifname}", VETH_FAILED)
     nft = (f"table netdev {NFT_TABLE} {{}}\nadd chain netdev {NFT_TABLE} in-{veth} {{ type "
