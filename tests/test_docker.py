@@ -193,9 +193,8 @@ def test_macvlan_parent_limitation_and_shim(lab: Cluster) -> None:
                "host=192.168.0.142", "mac")
         serve(lab, "node-1", "m1", "--network", "mac")
         assert until(lambda: _ping(n1, "192.168.0.129"))  # through the shim
-        # TCP through the shim passes when this test runs alone but not after the port
-        # conflict test in the same lab (the SYN leaves by the parent to the wire instead of
-        # reaching m1's macvlan child): an open bug, noted in issue 6; ICMP is asserted.
+        got = reaches(n1, "tcp", "192.168.0.129", 80)
+        assert got.startswith("80 "), ask(n1, "tcp", "192.168.0.129", 80)
     finally:
         for node, name in (("node-1", "m1"), ("node-2", "m2")):
             docker(lab, node, "rm", "-f", name)

@@ -96,7 +96,12 @@ class MacvlanDriver:
         _configure_inside(sandbox, ep, net, default)
 
     def leave(self, engine: Engine, net: Network, ep: Endpoint) -> None:
-        pass  # the child lives in the container's namespace and dies with it
+        # Delete the child now, as Docker does: left to the namespace's (asynchronous)
+        # teardown, a dying container still answers ARP for its address, and a new
+        # container given the same IP loses its peers' traffic to the dead MAC.
+        c = engine.containers.get(ep.container)
+        if c is not None and c.sandbox is not None:
+            c.sandbox.run(["ip", "link", "del", ep.ifname], check=False)
 
 
 class OverlayDriver:

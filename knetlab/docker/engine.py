@@ -79,18 +79,7 @@ class Endpoint:
     mac: str = ""
 
 
-class _ExecTolerant(Daemon):
-    """Right after Popen, nsenter execs the program; while execve swaps the image,
-    /proc/PID/cmdline reads empty and the pid looks dead. Look twice before saying so."""
-
-    def alive(self) -> bool:
-        if super().alive():
-            return True
-        time.sleep(0.05)
-        return super().alive()
-
-
-class ContainerProcess(_ExecTolerant):
+class ContainerProcess(Daemon):
     """The container's command, running inside its sandbox."""
     name = "container"
 
@@ -105,7 +94,7 @@ class ContainerProcess(_ExecTolerant):
         return " ".join(self.argv)
 
 
-class UserlandProxy(_ExecTolerant):
+class UserlandProxy(Daemon):
     """docker-proxy for one binding, in the node's namespace."""
 
     def __init__(self, rundir: RunDir, owner: str, netns: str, b: Binding, cip: str) -> None:
