@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
+    logging.getLogger("mininet").propagate = False  # Mininet prints through its own handler
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_CONFIG
