@@ -28,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
-    logging.getLogger("mininet").propagate = False  # Mininet prints through its own handler
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_CONFIG
@@ -146,8 +145,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     spec = load_topology(args.topology)  # validate here: errors before anything is built
     if args.detach:
         return _up_detached(args, spec.name)
+    from mininet.log import lg
+
     from knetlab.cluster import Cluster
     from knetlab.mncli import KnetCLI, summary
+    lg.propagate = False  # Mininet prints through its own handler; ours would print it twice
     cluster = Cluster(spec)
     with cluster:
         print(summary(cluster.state()))
@@ -210,6 +212,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = {**state, **request(rd, "state", timeout=10)}
     except KnetlabError:
         pass
+    if "cluster" not in state:  # caught between phases of a bring-up
+        print(f"{rd.cluster}: {state.get('phase', 'unknown')} (owner pid {state.get('owner_pid')})")
+        return 0
     public = {k: v for k, v in state.items() if k not in ("hosts", "owner_match")}
     if args.output == "json":
         print(json.dumps(public, indent=2))

@@ -212,7 +212,7 @@ class Cluster:
                 self.backend.teardown()
             except Exception:  # noqa: BLE001 - teardown goes on; clean removes the rest
                 log.exception("data plane teardown failed")
-        if self.net:
+        if self.net is not None:
             for host in self.net.hosts:
                 host.terminate()
             for sw in self.net.switches:
@@ -303,7 +303,7 @@ class Cluster:
         return out
 
     def _write_state(self, phase: str) -> None:
-        state = self.state() if self.net else {}
+        state = self.state() if self.net is not None else {}  # (Mininet has __len__)
         me = os.getpid()
         match = Path(f"/proc/{me}/cmdline").read_bytes().split(b"\0")[0].decode()
         state.update(phase=phase, owner_pid=me, owner_match=match)
