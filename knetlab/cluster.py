@@ -113,7 +113,7 @@ class Cluster:
         self._write_state("running")
 
     def _start_node(self, node_spec: Any) -> K8sNode:
-        assert self.net and self.underlay and self.backend
+        assert self.net is not None and self.underlay and self.backend
         node = self.net.addHost(node_spec.name, cls=K8sNode, rundir=self.rundir, spec=node_spec,
                                 ip=None)
         self.nodes[node.name] = node
@@ -126,7 +126,7 @@ class Cluster:
     def _start_pods(self, specs: list[PodSpec]) -> None:
         """Create and wire pods, nodes in parallel: each node's pause shells are made and
         wired (CNI ADD) in order, so addresses follow the topology."""
-        assert self.net
+        assert self.net is not None
         by_node: dict[str, list[PodSpec]] = {}
         for ps in specs:
             if ps.name in self.pods or ps.name in self.nodes:
@@ -141,7 +141,7 @@ class Cluster:
             self.pods = dict(sorted(self.pods.items(), key=lambda kv: order.get(kv[0], 0)))
 
     def _wire(self, specs: list[PodSpec]) -> None:
-        assert self.net
+        assert self.net is not None
         for ps in specs:
             pod = self.net.addHost(ps.name, cls=Pod, rundir=self.rundir, node=ps.node, ip=None)
             self.pods[ps.name] = pod
@@ -199,7 +199,7 @@ class Cluster:
         self._write_state("running")
 
     def _remove_host(self, host: NetnsHost) -> None:
-        assert self.net
+        assert self.net is not None
         host.terminate()
         if host in self.net.hosts:
             self.net.hosts.remove(host)
@@ -246,7 +246,7 @@ class Cluster:
 
     def host(self, name: str) -> NetnsHost:
         """Any namespace of the lab by name: pod, node or router."""
-        assert self.net
+        assert self.net is not None
         if name in self.net.nameToNode and isinstance(self.net[name], NetnsHost):
             return self.net[name]
         raise NotFoundError(f"no pod, node or router {name!r} in cluster {self.spec.name}")
@@ -281,7 +281,7 @@ class Cluster:
 
     # -- state -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        assert self.net
+        assert self.net is not None
         hosts = {h.name: {"pid": h.pid, "kind": type(h).__name__.lower()}
                  for h in self.net.hosts if isinstance(h, NetnsHost)}
         out: dict[str, Any] = {
