@@ -5,7 +5,7 @@ ExaBGP speaks BGP but touches no kernel: every instance runs an API program of k
 stdout. Settings that matter here (see KERNEL.md): run as root without dropping privileges
 (else the API helper dies with EACCES), no daemonizing, no CLI fifos, ``tcp.bind`` on the
 speaker's own addresses (ExaBGP only listens when told to, and two speakers that both only
-connect never meet), ``reactor.speed=10`` for low idle CPU.
+connect never meet), ``reactor.speed=10`` for low idle CPU (reflectors: 1, see ``speed``).
 
 Of each pair of speakers only the lower address dials (see ``passive``).
 
@@ -93,9 +93,13 @@ class ExaBGP(Daemon):
     ready_timeout = 60.0  # a hundred booting at once on 2 cores take a while
 
     def __init__(self, rundir: RunDir, owner: str, netns: str | None,
-                 cfg: SpeakerConfig) -> None:
+                 cfg: SpeakerConfig, speed: float = 10.0) -> None:
         super().__init__(rundir, owner, netns)
         self.cfg = cfg
+        # reactor.speed 10 sleeps 100 ms per idle loop and runs ~25 queued API commands
+        # per loop: fine for a node, far too slow for a reflector that sends every route
+        # to every client (it lagged by minutes at 80 nodes). Reflectors use 1 (10 ms).
+        self.speed = speed
         self.state_file = self.dir / STATE_FILE
 
     def render_config(self) -> str:
@@ -112,7 +116,7 @@ class ExaBGP(Daemon):
             "exabgp.daemon.daemonize": "false",
             "exabgp.api.cli": "false",
             "exabgp.log.destination": str(self.dir / "exabgp-internal.log"),
-            "exabgp.reactor.speed": "10",
+            "exabgp.reactor.speed": str(self.speed),
             "exabgp.tcp.bind": " ".join(binds),
             "KNETLAB_BGP_STATE": str(self.state_file),
         }

@@ -28,6 +28,11 @@ from knetlab.bgp.kernel import KernelRoutes
 from knetlab.bgp.messages import BgpPath, PeerTable, parse
 
 
+def selector(targets: list[str]) -> str:
+    """ExaBGP's API prefix addressing several neighbours at once."""
+    return " , ".join(f"neighbor {t}" for t in targets)
+
+
 class Reflector:
     def __init__(self, router_id: str, cluster_id: str, non_clients: set[str],
                  out: object = sys.stdout) -> None:
@@ -58,18 +63,28 @@ class Reflector:
         return min(candidates, key=lambda p: len(p.cluster_list)) if candidates else None
 
     def advertise(self, prefix: str, targets: set[str]) -> None:
+        """Bring what ``targets`` were sent of ``prefix`` to their best paths. Targets that
+        get the same path share ONE command (``neighbor A , neighbor B announce ...``):
+        ExaBGP parses API commands slowly (~25 per reactor loop), and one command per
+        target made bring-up O(nodes^2) commands: at 80-100 nodes the reflectors lagged by
+        minutes and joins never converged."""
+        announce: dict[BgpPath, list[str]] = {}
+        withdraw: dict[str, list[str]] = {}  # next hop last sent -> targets
         for target in sorted(targets & self.up):
             sent = self.sent.setdefault(target, {})
             best = self.best_for(prefix, target)
             if best is not None and sent.get(prefix) != best:
-                clist = " ".join(best.cluster_list)
-                self.emit(f"neighbor {target} announce route {prefix} next-hop "
-                          f"{best.next_hop} origin igp local-preference 100 originator-id "
-                          f"{best.originator_id} cluster-list [ {clist} ]")
+                announce.setdefault(best, []).append(target)
                 sent[prefix] = best
             elif best is None and prefix in sent:
-                old = sent.pop(prefix)
-                self.emit(f"neighbor {target} withdraw route {prefix} next-hop {old.next_hop}")
+                withdraw.setdefault(sent.pop(prefix).next_hop, []).append(target)
+        for best, group in announce.items():
+            clist = " ".join(best.cluster_list)
+            self.emit(f"{selector(group)} announce route {prefix} next-hop {best.next_hop} "
+                      f"origin igp local-preference 100 originator-id {best.originator_id} "
+                      f"cluster-list [ {clist} ]")
+        for next_hop, group in withdraw.items():
+            self.emit(f"{selector(group)} withdraw route {prefix} next-hop {next_hop}")
 
     def emit(self, command: str) -> None:
         self.out.write(command + "\n")  # type: ignore[attr-defined]

@@ -139,7 +139,8 @@ class CalicoBgpBackend(Backend):
                              str(self._client_range(owner)), others)
             daemon: Daemon = Bird(self.cluster.rundir, owner, host.netns, cfg)
         else:
-            daemon = ExaBGP(self.cluster.rundir, owner, host.netns, self._rr_config(owner))
+            daemon = ExaBGP(self.cluster.rundir, owner, host.netns, self._rr_config(owner),
+                            speed=1.0)  # it relays every route to every client: no naps
         daemon.start()
         self.reflectors[owner] = daemon
 
