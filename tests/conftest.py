@@ -1,5 +1,5 @@
-"""Shared fixtures: every lab a test builds is torn down, and the machine is compared
-before and after (no interface, namespace holder or run dir of knetlab may remain)."""
+"""Shared fixtures: every lab a test builds is torn down; helpers to compare the machine
+before and after (interfaces)."""
 
 from __future__ import annotations
 
@@ -43,15 +43,3 @@ def lab(request: pytest.FixtureRequest) -> Iterator[object]:
 def links() -> set[str]:
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
-
-
-def processes() -> set[tuple[int, str]]:
-    out = set()
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            out.add((int(pid), cmd))
-    return out
