@@ -19,7 +19,7 @@ import threading
 
 from knetlab.bgp.blocks import BlockAnnouncer
 from knetlab.bgp.kernel import KernelRoutes
-from knetlab.bgp.messages import PeerTable, parse
+from knetlab.bgp.messages import PeerTable, api_bursts, parse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,15 +37,16 @@ def main(argv: list[str] | None = None) -> None:
     kernel.flush()
     blocks = _announcer(args, kernel) if args.store else None
     table.save({"role": "node"})
-    for line in sys.stdin:
-        ev = parse(line)
-        if ev is None:
-            continue
-        if blocks and ev.kind == "state" and ev.state == "up":
-            blocks.resend(ev.peer)
-        changed = table.apply(ev)
-        if changed:
-            kernel.sync(changed, {pfx: table.paths(pfx) for pfx in changed})
+    for burst in api_bursts():
+        for line in burst:
+            ev = parse(line)
+            if ev is None:
+                continue
+            if blocks and ev.kind == "state" and ev.state == "up":
+                blocks.resend(ev.peer)
+            changed = table.apply(ev)
+            if changed:
+                kernel.sync(changed, {pfx: table.paths(pfx) for pfx in changed})
         table.save({"role": "node"})
 
 

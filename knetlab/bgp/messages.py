@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,38 @@ class Event:
     reason: str = ""
     announce: dict[str, BgpPath] = field(default_factory=dict)
     withdraw: list[str] = field(default_factory=list)
+
+
+def api_bursts() -> Iterator[list[str]]:
+    """ExaBGP's messages on stdin, in bursts (all lines waiting at the time).
+
+    A thread reads stdin all the time. An API program that reads only between its own
+    writes deadlocks with ExaBGP at scale: ExaBGP blocks writing events to a full pipe
+    while we block writing commands to ExaBGP's full pipe (seen at 100 nodes, both
+    processes in pipe_write). Bursts also let callers save state once per burst."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True, name="exabgp-api-reader").start()
+    while True:
+        first = lines.get()
+        if first is None:
+            return
+        burst = [first]
+        while True:
+            try:
+                line = lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                yield burst
+                return
+            burst.append(line)
+        yield burst
 
 
 def parse(line: str) -> Event | None:

@@ -25,7 +25,7 @@ import os
 import sys
 
 from knetlab.bgp.kernel import KernelRoutes
-from knetlab.bgp.messages import BgpPath, PeerTable, parse
+from knetlab.bgp.messages import BgpPath, PeerTable, api_bursts, parse
 
 
 def selector(targets: list[str]) -> str:
@@ -128,10 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     if kernel:
         kernel.flush()
     rr.save()
-    for line in sys.stdin:
-        changed = rr.handle(line)
-        if kernel and changed:
-            kernel.sync(changed, {pfx: rr.table.paths(pfx) for pfx in changed})
+    for burst in api_bursts():
+        for line in burst:
+            changed = rr.handle(line)
+            if kernel and changed:
+                kernel.sync(changed, {pfx: rr.table.paths(pfx) for pfx in changed})
         rr.save()
 
 
