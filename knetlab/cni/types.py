@@ -74,3 +74,13 @@ def convert_result(result: dict[str, Any], version: str) -> dict[str, Any]:
         out["ips"] = [{k: v for k, v in ip.items() if k != "version"}
                       for ip in result.get("ips", [])]
     return out
+
+
+def add_result(version: str, interfaces: list[dict[str, Any]], ips: list[dict[str, Any]],
+               routes: list[dict[str, Any]], dns: dict[str, Any]) -> dict[str, Any]:
+    """An ADD result: the pod's interface is the last of ``interfaces`` and every IP
+    points at it, as the reference plugins report."""
+    result = {"cniVersion": version, "interfaces": interfaces,
+              "ips": [{**ip, "interface": len(interfaces) - 1} for ip in ips],
+              "routes": routes, "dns": dns}
+    return convert_result(result, version)

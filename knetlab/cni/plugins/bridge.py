@@ -21,7 +21,7 @@ from knetlab.cni.netutil import (
     short_hash,
 )
 from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
+from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -117,16 +117,11 @@ def _wire(args: Args, conf: dict[str, Any], br: str, mtu: int,
             f.write("1")
     if conf.get("ipMasq"):
         _masq(args, conf, addr, add=True)
-    result = {
-        "cniVersion": args.version,
-        "interfaces": [{"name": br, "mac": br_mac},
-                       {"name": veth, "mac": host_mac},
+    return add_result(args.version,
+                      [{"name": br, "mac": br_mac}, {"name": veth, "mac": host_mac},
                        {"name": args.ifname, "mac": pod_mac, "sandbox": args.netns}],
-        "ips": [{**ip, "interface": 2} for ip in ipam_result["ips"]],
-        "routes": routes,
-        "dns": conf.get("dns") or ipam_result.get("dns", {}),
-    }
-    return convert_result(result, args.version)
+                      ipam_result["ips"], routes,
+                      conf.get("dns") or ipam_result.get("dns", {}))
 
 
 def delete(args: Args) -> None:

@@ -18,7 +18,7 @@ from knetlab.cni.invoke import delegate
 from knetlab.cni.netutil import ip_batch
 from knetlab.cni.plugins.bridge import VETH_FAILED
 from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
+from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -77,15 +77,11 @@ def _wire(args: Args, conf: dict[str, Any], ipam: dict[str, Any]) -> dict[str, A
                f"route add {GATEWAY} dev {args.ifname} scope link",
                f"route add default via {GATEWAY} dev {args.ifname}"],
               args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
-    result = {
-        "cniVersion": args.version,
-        "interfaces": [{"name": veth, "mac": host_mac},
+    return add_result(args.version,
+                      [{"name": veth, "mac": host_mac},
                        {"name": args.ifname, "mac": pod_mac, "sandbox": args.netns}],
-        "ips": [{"address": f"{ip}/32", "gateway": GATEWAY, "interface": 1}],
-        "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
-        "dns": conf.get("dns") or ipam.get("dns", {}),
-    }
-    return convert_result(result, args.version)
+                      [{"address": f"{ip}/32", "gateway": GATEWAY}],
+                      [{"dst": "0.0.0.0/0", "gw": GATEWAY}], conf.get("dns") or ipam.get("dns", {}))
 
 
 def delete(args: Args) -> None:

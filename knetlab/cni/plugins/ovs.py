@@ -24,10 +24,10 @@ import subprocess
 import time
 
 from knetlab.cni.invoke import delegate
-from knetlab.cni.netutil import ip_batch, mac_for
+from knetlab.cni.netutil import ip_batch, local_mac, mac_for
 from knetlab.cni.plugins.bridge import host_veth_name
 from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
+from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -97,8 +97,10 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
     mtu = int(conf.get("mtu", 1450))
     veth = host_veth_name(args.container_id, args.ifname)
     pod_mac = mac_for(addr.ip)
-    ip_batch([f"link add {veth} mtu {mtu} type veth peer name {args.ifname} mtu {mtu} "
-               f"address {pod_mac} netns {args.netns}", f"link set {veth} up"],
+    # A known host-side MAC: /sys/class/net here shows the root namespace, not the node's.
+    ip_batch([f"link add {veth} mtu {mtu} address {local_mac(veth)} type veth peer name "
+              f"{args.ifname} mtu {mtu} "
+              f"address {pod_mac} netns {args.netns}", f"link set {veth} up"],
               None, f"create veth {veth} for {args.container_id}", VETH_FAILED)
     pod = [f"addr add {addr} dev {args.ifname}", f"link set {args.ifname} up"]
     routes = list(ipam_result.get("routes", []))
@@ -126,23 +128,11 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
                                                 "ip": str(addr.ip), "ofport": ofport,
                                                 "port": veth})
     _wait_flows(conf, rev)
-    result = {
-        "cniVersion": args.version,
-        "interfaces": [{"name": veth, "mac": _read_mac(veth)},
+    return add_result(args.version,
+                      [{"name": veth, "mac": local_mac(veth)},
                        {"name": args.ifname, "mac": pod_mac, "sandbox": args.netns}],
-        "ips": [{**ip, "interface": 1} for ip in ipam_result["ips"]],
-        "routes": routes,
-        "dns": conf.get("dns") or ipam_result.get("dns", {}),
-    }
-    return convert_result(result, args.version)
-
-
-def _read_mac(dev: str) -> str:
-    try:
-        with open(f"/sys/class/net/{dev}/address") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+                      ipam_result["ips"], routes,
+                      conf.get("dns") or ipam_result.get("dns", {}))
 
 
 def _controller_alive(conf: dict[str, Any]) -> bool:
