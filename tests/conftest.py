@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,16 @@ def lab(request: pytest.FixtureRequest) -> Iterator[object]:
 def links() -> set[str]:
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def poll(cond: Callable[[], object], timeout: float, what: str) -> float:
+    """Wait until cond() holds; return the seconds it took (fail at the deadline).
+
+    The data planes reconcile asynchronously (agents, installers, controllers), so a
+    test states what must become true and by when, never a fixed sleep."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    pytest.fail(f"not within {timeout}s: {what}")

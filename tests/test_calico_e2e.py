@@ -17,19 +17,10 @@ from knetlab import kernel
 from knetlab.bgp import status
 from knetlab.errors import ConfigError
 from knetlab.topologies.schema import load_topology
-from tests.conftest import TOPOLOGIES, needs_root, write_topology
+from tests.conftest import TOPOLOGIES, needs_root, poll, write_topology
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
-
-def poll(cond: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until cond() holds; return the seconds it took (fail at the deadline)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(0.02)
-    pytest.fail(f"not within {timeout}s: {what}")
 
 
 def bird_routes(host) -> set[str]:  # noqa: ANN001 - a NetnsHost

@@ -5,8 +5,6 @@ an address behind each), and BIRD as the reflector of knetlab's ExaBGP nodes."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from knetlab.bgp import status
 from knetlab.bgp.bird import BirdClient, BirdClientConfig
 from knetlab.bgp.frr import BGPD, FrrBgpd, FrrConfig
-from tests.conftest import TOPOLOGIES, needs_root, write_topology
+from tests.conftest import TOPOLOGIES, needs_root, poll, write_topology
 
 pytestmark = [pytest.mark.e2e, needs_root]
 
@@ -28,14 +26,6 @@ pods: {perNode: 1}
 FRR_IP, FRR_NET, FRR_ADDR = "192.168.0.200", "10.244.250.0/24", "10.244.250.1"
 BIRD_IP, BIRD_NET, BIRD_ADDR = "192.168.0.201", "10.244.251.0/24", "10.244.251.1"
 
-
-def poll(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"not within {timeout}s: {what}")
 
 
 def kernel_routes(host) -> dict[str, str]:  # noqa: ANN001 - a NetnsHost

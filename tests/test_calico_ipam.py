@@ -14,7 +14,7 @@ from knetlab.bgp.blocks import aggregate
 from knetlab.cni.plugins.calico_ipam import BlockStore, allocate, node_blocks, release
 from knetlab.errors import ConfigError
 from knetlab.topologies.schema import load_topology
-from tests.conftest import needs_root, write_topology
+from tests.conftest import needs_root, poll, write_topology
 
 POOL = "10.244.0.0/16"
 
@@ -74,9 +74,14 @@ def test_second_block_announced_blackholed_and_reachable(tmp_path: Path, lab) ->
     assert len(blocks) >= 2, blocks
     announced = c.backend.blocks("node-1")
     assert announced == aggregate(blocks)
-    routes = json.loads(c.node("node-1").run(["ip", "-j", "route", "show", "type",
-                                              "blackhole"]).stdout)
-    assert {r["dst"] for r in routes} == set(announced)
+    node1 = c.node("node-1")
+
+    def blackholes() -> set[str]:
+        out = node1.run(["ip", "-j", "route", "show", "type", "blackhole"]).stdout
+        return {r["dst"] for r in json.loads(out or "[]")}
+
+    # the installer's block watcher follows the store (level-triggered, not synchronous)
+    poll(lambda: blackholes() == set(announced), 5.0, f"blackholes {announced} on node-1")
     assert c.backend.wait_converged(5.0)
     node2 = c.node("node-2")
     learned = json.loads(node2.run(["ip", "-j", "route", "show", "proto", "bird"]).stdout)
