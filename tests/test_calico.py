@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 
-from knetlab.bgp.exabgp import Neighbor, SpeakerConfig, render
+from knetlab.bgp.exabgp import Neighbor, SpeakerConfig, configured_neighbors, render
 from knetlab.bgp.messages import parse
 from knetlab.bgp.reflector import Reflector
 
@@ -86,8 +86,39 @@ def test_withdraw_and_peer_down_and_resend_on_return() -> None:
                  if " withdraw route 10.244.1.0/24" in line]
     assert withdrawn and "192.168.0.12" in targets(withdrawn[0])
     rr.handle(update("192.168.0.11", "10.244.1.0/24", "192.168.0.11"))
-    rr.handle(state("192.168.0.12", "down"))
     out.truncate(0)
     out.seek(0)
-    rr.handle(state("192.168.0.12", "up"))  # a client returns: it gets everything again
-    assert "neighbor 192.168.0.12 announce route 10.244.1.0/24" in out.getvalue()
+    rr.handle(state("192.168.0.12", "down"))
+    rr.handle(state("192.168.0.12", "up"))  # ExaBGP resends its adj-rib-out: no command
+    assert out.getvalue() == ""
+    assert "10.244.1.0/24" in rr.sent["192.168.0.12"]
+
+
+def conf(*peers: str) -> str:
+    cfg = SpeakerConfig("192.168.0.254", 64512, 3,
+                        [Neighbor(p, "192.168.0.254") for p in peers], [], ["x"])
+    return render(cfg, python="/usr/bin/python3")
+
+
+def test_configured_neighbours_are_targets_and_new_ones_primed_when_up() -> None:
+    out = io.StringIO()
+    rr = Reflector("192.168.0.254", "192.168.0.254", set(), out=out)
+    rr.configure(configured_neighbors(conf("192.168.0.11", "192.168.0.12", "192.168.0.13")),
+                 loaded=True)
+    rr.handle(state("192.168.0.11", "up"))
+    rr.handle(update("192.168.0.11", "10.244.1.0/24", "192.168.0.11"))
+    lines = out.getvalue().splitlines()  # .12 and .13 are not up: ExaBGP keeps it for them
+    assert len(lines) == 1 and targets(lines[0]) == {"192.168.0.12", "192.168.0.13"}
+    out.truncate(0)
+    out.seek(0)
+    rr.configure(configured_neighbors(conf("192.168.0.11", "192.168.0.12", "192.168.0.13",
+                                           "192.168.0.14")), loaded=False)
+    rr.handle(update("192.168.0.12", "10.244.2.0/24", "192.168.0.12"))
+    assert all("192.168.0.14" not in targets(line) for line in out.getvalue().splitlines())
+    out.truncate(0)
+    out.seek(0)
+    rr.handle(state("192.168.0.14", "up"))  # a reload added it: it gets everything now
+    assert sorted(out.getvalue().splitlines()) == [
+        f"neighbor 192.168.0.14 announce route 10.244.{k}.0/24 next-hop 192.168.0.1{k} "
+        f"origin igp local-preference 100 originator-id 192.168.0.1{k} "
+        "cluster-list [ 192.168.0.254 ]" for k in (1, 2)]

@@ -45,6 +45,7 @@ def convergence(tmp: Path, nodes: int, joins: int) -> dict[str, Any]:
     with _lab(tmp, f"cb-bench-rr{nodes}", "calico-bgp", nodes, "bgp: {mode: rr}") as c:
         up = time.monotonic() - t0
         backend: Any = c.backend
+        converged_at_up = backend.converged()  # `up` waited for it: did it get there?
         times = []
         for i in range(joins):
             name = f"join-{i}"
@@ -59,8 +60,9 @@ def convergence(tmp: Path, nodes: int, joins: int) -> dict[str, Any]:
             times.append(time.monotonic() - t0)
             c.delete_node(name)
         usage = _speaker_usage(c)
-    return {"nodes": nodes, "joins": joins, "up_s": up, "p50_s": statistics.median(times),
-            "p95_s": _pct(times, 0.95), **usage}
+    return {"nodes": nodes, "joins": joins, "up_s": up, "converged_at_up": converged_at_up,
+            "p50_s": statistics.median(times), "p95_s": _pct(times, 0.95),
+            "joins_s": [round(t, 3) for t in times], **usage}
 
 
 def _pids(pid: int) -> list[int]:
@@ -152,13 +154,15 @@ def run(out_dir: Path) -> dict[str, Any]:
     md = ["## Calico (BGP via ExaBGP, VXLAN)", "",
           "Join convergence: `node add` -> the new node's block learned on every node, "
           "via 2 ExaBGP route reflectors.", "",
-          "| nodes | lab up s | joins | p50 ms | p95 ms | speaker RSS MiB/node | "
-          "PSS MiB/node | idle CPU %/node |", "|---|---|---|---|---|---|---|---|"]
+          "| nodes | lab up s | converged at up | joins | p50 ms | p95 ms | "
+          "speaker RSS MiB/node | PSS MiB/node | idle CPU %/node |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for c in convs:
         if "error" in c:
-            md.append(f"| {c['nodes']} | error: {c['error'][:80]} | | | | | | |")
+            md.append(f"| {c['nodes']} | error: {c['error'][:80]} | | | | | | | |")
             continue
-        md.append(f"| {c['nodes']} | {c['up_s']:.1f} | {c['joins']} | {c['p50_s'] * 1000:.0f} "
+        md.append(f"| {c['nodes']} | {c['up_s']:.1f} | {'yes' if c['converged_at_up'] else 'no'} "
+                  f"| {c['joins']} | {c['p50_s'] * 1000:.0f} "
                   f"| {c['p95_s'] * 1000:.0f} | {c['speaker_rss_mib']:.1f} | "
                   f"{c['speaker_pss_mib']:.1f} | {c['speaker_idle_cpu_pct']:.2f} |")
     md += ["", "| path | Gbit/s | RTT ms | vs host |", "|---|---|---|---|"]

@@ -1,7 +1,7 @@
 """A node's IPAM blocks as BGP announcements and kernel blackholes (Calico's BIRD export).
 
 Runs inside the node's route installer (ExaBGP's API program): a thread watches the lab
-store's revision, reads the blocks affine to this node (written by ``calico-ipam``),
+store's claims revision, reads the blocks affine to this node (written by ``calico-ipam``),
 and keeps two things level-triggered:
 
 - ExaBGP announces the blocks, aggregated where they are adjacent, next hop = node IP
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from knetlab.cni.plugins.calico_ipam import BlockStore, node_blocks
 
-POLL = 0.1  # seconds between looks at the store's revision and the config's mtime
+POLL = 0.1  # seconds between looks at the claims revision and the config's mtime
 
 
 def aggregate(cidrs: list[str]) -> list[str]:
@@ -78,18 +78,12 @@ class BlockAnnouncer:
         except OSError:
             return 0.0
 
-    def _revision(self) -> str:
-        try:
-            return Path(self.store.root, ".revision").read_text()
-        except OSError:
-            return ""
-
     def run(self) -> None:
-        rev, mtime = self._revision(), self._mtime()
+        rev, mtime = self.store.claims_revision(), self._mtime()
         self.reconcile(self.read_blocks())
         while True:
             time.sleep(POLL)
-            now_rev, now_mtime = self._revision(), self._mtime()
+            now_rev, now_mtime = self.store.claims_revision(), self._mtime()
             if now_rev != rev:
                 rev = now_rev
                 blocks = self.read_blocks()

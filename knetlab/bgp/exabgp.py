@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import signal
 import sys
 import time
@@ -88,6 +89,14 @@ def render(cfg: SpeakerConfig, python: str = sys.executable) -> str:
     return "\n".join(out)
 
 
+NEIGHBOR_BLOCK = re.compile(r"^neighbor (\S+) \{\n(.*?)^\}", re.M | re.S)
+
+
+def configured_neighbors(text: str) -> dict[str, str]:
+    """A rendered config's neighbours: address -> its block (to see which ones changed)."""
+    return {m.group(1): m.group(2) for m in NEIGHBOR_BLOCK.finditer(text)}
+
+
 class ExaBGP(Daemon):
     name = "exabgp"
     ready_timeout = 60.0  # a hundred booting at once on 2 cores take a while
@@ -119,6 +128,7 @@ class ExaBGP(Daemon):
             "exabgp.reactor.speed": str(self.speed),
             "exabgp.tcp.bind": " ".join(binds),
             "KNETLAB_BGP_STATE": str(self.state_file),
+            **({"exabgp.log.level": "DEBUG"} if os.environ.get("KL_DEBUG") else {}),
         }
 
     def is_ready(self) -> bool:

@@ -38,15 +38,16 @@ def main(argv: list[str] | None = None) -> None:
     blocks = _announcer(args, kernel) if args.store else None
     table.save({"role": "node"})
     for burst in api_bursts():
+        changed: set[str] = set()
         for line in burst:
             ev = parse(line)
             if ev is None:
                 continue
             if blocks and ev.kind == "state" and ev.state == "up":
                 blocks.resend(ev.peer)
-            changed = table.apply(ev)
-            if changed:
-                kernel.sync(changed, {pfx: table.paths(pfx) for pfx in changed})
+            changed |= table.apply(ev)
+        if changed:  # one batch per burst: both reflectors' copies of a route at once
+            kernel.sync(changed, {pfx: table.paths(pfx) for pfx in changed})
         table.save({"role": "node"})
 
 

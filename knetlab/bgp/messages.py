@@ -131,5 +131,5 @@ class PeerTable:
                 "routes": {peer: {p: asdict(v) for p, v in t.items()}
                            for peer, t in self.routes.items()}, **(extra or {})}
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
+        tmp.write_text(json.dumps(data, separators=(",", ":")))  # per burst: keep it cheap
         tmp.replace(self.state_file)

@@ -6,7 +6,8 @@ node whose blocks are full claims another. A block is one store key
 ``ipam/blocks/<net>-<len>`` holding its cidr, node and allocations (address -> handle).
 
 This runs as a separate CNI process, so it reads and writes the store's files directly
-(``<store>/<key>.json``, the store's ``.lock`` and ``.revision``; see knetlab/store.py):
+(``<store>/<key>.json``, the store's ``.lock`` and ``.revision``; see knetlab/store.py,
+and ``.ipam-claims``, bumped only when a block changes hands):
 every read-modify-write happens under the store lock, which makes a claim atomic even
 when two nodes' plugins race for the same block. Stdlib only (``python3 -S``).
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 NO_ADDRESS = 100  # plugin-specific code: the pool is full
 PREFIX = "ipam/blocks"
+CLAIMS = ".ipam-claims"  # the claims' own revision (see BlockStore.claims_revision)
 
 
 def block_key(cidr: str) -> str:
@@ -67,20 +69,24 @@ class BlockStore:
 
     def write(self, block: dict[str, Any]) -> None:
         path = self._path(block["cidr"])
+        claim = not os.path.exists(path)
         with open(path + ".tmp", "w") as f:
             json.dump(block, f)
         os.replace(path + ".tmp", path)
-        self._bump()
+        self._bump(".revision")
+        if claim:
+            self._bump(CLAIMS)
 
     def remove(self, cidr: str) -> None:
         try:
             os.unlink(self._path(cidr))
         except FileNotFoundError:
             return
-        self._bump()
+        self._bump(".revision")
+        self._bump(CLAIMS)
 
-    def _bump(self) -> None:
-        rev_path = os.path.join(self.root, ".revision")
+    def _bump(self, name: str) -> None:
+        rev_path = os.path.join(self.root, name)
         try:
             with open(rev_path) as f:
                 rev = int(f.read())
@@ -89,6 +95,16 @@ class BlockStore:
         with open(rev_path + ".tmp", "w") as f:
             f.write(str(rev + 1))
         os.replace(rev_path + ".tmp", rev_path)
+
+    def claims_revision(self) -> str:
+        """Bumped when a block is claimed or released, not when an address is handed out:
+        every node's speaker watches it, and re-reading every block on each pod's address
+        made a 100-node bring-up O(pods x nodes x blocks) file reads."""
+        try:
+            with open(os.path.join(self.root, CLAIMS)) as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def blocks(self) -> list[dict[str, Any]]:
         out = []
