@@ -27,7 +27,7 @@ class Store:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self._rev = self.root / ".revision"
-        self._watch: _DirWatch | None = None
+        self._watch: DirWatch | None = None
 
     def _path(self, key: str) -> Path:
         if ".." in key.split("/") or key.startswith("/"):
@@ -111,14 +111,14 @@ class Store:
         Sleeps on inotify (the revision file is renamed into place on every write), so a
         hundred idle watchers cost nothing; polls every 50 ms where inotify is missing."""
         if self._watch is None:
-            self._watch = _DirWatch(self.root)  # before the first read: no lost wake-up
+            self._watch = DirWatch(self.root)  # before the first read: no lost wake-up
         deadline = time.monotonic() + timeout
         while True:
             rev = self.revision()
             left = deadline - time.monotonic()
             if rev != since or left <= 0:
                 return rev
-            self._watch.sleep(min(left, 0.05) if self._watch.fd < 0 else left)
+            self._watch.sleep(left)
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
@@ -128,22 +128,25 @@ class Store:
             return None
 
 
-class _DirWatch:
-    """inotify on a directory for files renamed into it (IN_MOVED_TO), through libc."""
+class DirWatch:
+    """inotify on directories (files renamed into them by default), through libc: a
+    watcher sleeps until something changes instead of polling."""
 
-    IN_MOVED_TO, IN_NONBLOCK, IN_CLOEXEC = 0x80, 0o4000, 0o2000000
+    IN_CLOSE_WRITE, IN_MOVED_TO, IN_NONBLOCK, IN_CLOEXEC = 0x8, 0x80, 0o4000, 0o2000000
 
-    def __init__(self, root: Path) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.fd = libc.inotify_init1(self.IN_NONBLOCK | self.IN_CLOEXEC)
-        if self.fd >= 0 and libc.inotify_add_watch(self.fd, os.fsencode(root),
-                                                   self.IN_MOVED_TO) < 0:
+    def __init__(self, root: Path | str, mask: int = IN_MOVED_TO) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(self.IN_NONBLOCK | self.IN_CLOEXEC)
+        self.add(root, mask)
+
+    def add(self, root: Path | str, mask: int = IN_MOVED_TO) -> None:
+        if self.fd >= 0 and self.libc.inotify_add_watch(self.fd, os.fsencode(root), mask) < 0:
             os.close(self.fd)
             self.fd = -1
 
     def sleep(self, seconds: float) -> None:
         if self.fd < 0:
-            time.sleep(seconds)
+            time.sleep(min(seconds, 0.05))  # no inotify: poll
             return
         if select.select([self.fd], [], [], seconds)[0]:
             try:

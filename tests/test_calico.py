@@ -103,8 +103,9 @@ def conf(*peers: str) -> str:
 def test_configured_neighbours_are_targets_and_new_ones_primed_when_up() -> None:
     out = io.StringIO()
     rr = Reflector("192.168.0.254", "192.168.0.254", set(), out=out)
-    rr.configure(configured_neighbors(conf("192.168.0.11", "192.168.0.12", "192.168.0.13")),
-                 loaded=True)
+    rr.configure(configured_neighbors(conf("192.168.0.11", "192.168.0.12", "192.168.0.13",
+                                           "192.168.0.15")),
+                 prime={"192.168.0.11", "192.168.0.12", "192.168.0.13"})  # .15: a spare
     rr.handle(state("192.168.0.11", "up"))
     rr.handle(update("192.168.0.11", "10.244.1.0/24", "192.168.0.11"))
     lines = out.getvalue().splitlines()  # .12 and .13 are not up: ExaBGP keeps it for them
@@ -112,9 +113,10 @@ def test_configured_neighbours_are_targets_and_new_ones_primed_when_up() -> None
     out.truncate(0)
     out.seek(0)
     rr.configure(configured_neighbors(conf("192.168.0.11", "192.168.0.12", "192.168.0.13",
-                                           "192.168.0.14")), loaded=False)
+                                           "192.168.0.14", "192.168.0.15")))
     rr.handle(update("192.168.0.12", "10.244.2.0/24", "192.168.0.12"))
-    assert all("192.168.0.14" not in targets(line) for line in out.getvalue().splitlines())
+    assert all({"192.168.0.14", "192.168.0.15"}.isdisjoint(targets(line))
+               for line in out.getvalue().splitlines())
     out.truncate(0)
     out.seek(0)
     rr.handle(state("192.168.0.14", "up"))  # a reload added it: it gets everything now
@@ -122,3 +124,7 @@ def test_configured_neighbours_are_targets_and_new_ones_primed_when_up() -> None
         f"neighbor 192.168.0.14 announce route 10.244.{k}.0/24 next-hop 192.168.0.1{k} "
         f"origin igp local-preference 100 originator-id 192.168.0.1{k} "
         "cluster-list [ 192.168.0.254 ]" for k in (1, 2)]
+    out.truncate(0)
+    out.seek(0)
+    rr.handle(state("192.168.0.15", "up"))  # a spare's node joined: primed at its first up
+    assert len(out.getvalue().splitlines()) == 2

@@ -58,6 +58,7 @@ class KernelRoutes:
         self.own, self.self_ips, self.encap = own, self_ips, encap
         self.installed: dict[str, str] = {}
         self.hops: dict[str, str] = {}  # next hop -> how to reach it
+        self.subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None
         self.batch = IpBatch()
 
     def accept(self, prefix: str, path: BgpPath) -> bool:
@@ -76,6 +77,8 @@ class KernelRoutes:
     def _hop(self, next_hop: str) -> str:
         if self.encap == "ipip":  # Calico's IPIP: via the peer, out of tunl0
             return f"via {next_hop} dev tunl0 onlink"
+        if next_hop not in self.hops and self._connected(next_hop):
+            self.hops[next_hop] = f"via {next_hop}"  # the usual case: no ip to spawn
         if next_hop not in self.hops:
             out = _ip(["-j", "route", "get", next_hop]).stdout
             try:
@@ -83,6 +86,19 @@ class KernelRoutes:
             except (ValueError, IndexError):
                 return f"via {next_hop}"  # no route to it yet: ask again next time
         return self.hops[next_hop]
+
+    def _connected(self, address: str) -> bool:
+        """Is ``address`` on one of our own subnets (read once: the underlay is fixed)?"""
+        if self.subnets is None:
+            out = _ip(["-j", "-4", "addr", "show"]).stdout
+            try:
+                self.subnets = [ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network
+                                for link in json.loads(out) for a in link.get("addr_info", [])
+                                if a.get("prefixlen", 32) < 32]
+            except (ValueError, KeyError):
+                self.subnets = []
+        ip = ipaddress.ip_address(address)
+        return any(ip in net for net in self.subnets)
 
     def sync(self, prefixes: set[str], paths_of: dict[str, dict[str, BgpPath]]) -> None:
         """Make the kernel agree with ``paths_of`` for ``prefixes`` (peer -> path)."""

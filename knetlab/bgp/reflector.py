@@ -56,18 +56,22 @@ class Reflector:
         self.sent: dict[str, dict[str, BgpPath]] = {}  # target -> prefix -> path sent
         self.out = out
 
-    def configure(self, members: dict[str, str], loaded: bool) -> None:
-        """Take ExaBGP's neighbours from its config. ``loaded``: ExaBGP already runs them
-        (our start: it starts its API programs after loading the config), so they are
-        primed now; a neighbour a reload adds or changes starts empty in ExaBGP and is
-        primed at its first session up (only then is it sure that ExaBGP knows it)."""
+    def configure(self, members: dict[str, str], prime: set[str] | frozenset[str] = frozenset()
+                  ) -> None:
+        """Take ExaBGP's neighbours from its config and prime ``prime`` of them now.
+
+        At our start ExaBGP already runs every configured neighbour (it starts its API
+        programs after loading the config), so the lab's current clients are primed at
+        once: one grouped command per prefix reaches them all. Spare neighbours (configured
+        ahead of joins, see CalicoBgpBackend) and those a reload adds or changes start empty
+        in ExaBGP and are primed at their first session up: only then is it sure ExaBGP
+        runs them, and a spare named in every command would only slow ExaBGP down."""
         for peer in set(self.members) | set(members):
             if self.members.get(peer) != members.get(peer):
                 self.primed.discard(peer)
                 self.sent.pop(peer, None)
         self.members = members
-        if loaded:
-            self.prime(set(members) - self.primed)
+        self.prime(set(prime) & set(members) - self.primed)
 
     def prime(self, peers: set[str]) -> None:
         self.primed |= peers
@@ -148,12 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--install", metavar="POOL", help="also install routes into this kernel")
     p.add_argument("--self", dest="self_ips", action="append", default=[])
     p.add_argument("--config", help="ExaBGP's config file: its neighbours are the targets")
+    p.add_argument("--members", help="a file of the clients to prime at start, one per line")
     args = p.parse_args(argv)
     rr = Reflector(args.router_id, args.cluster_id, set(args.peer))
     config = Path(args.config) if args.config else None
     seen = _mtime(config)
     if config:
-        rr.configure(configured_neighbors(config.read_text()), loaded=True)
+        neighbors = configured_neighbors(config.read_text())
+        members = Path(args.members).read_text().split() if args.members else neighbors
+        rr.configure(neighbors, prime=set(members) | set(args.peer))
     kernel = KernelRoutes(args.install, set(), set(args.self_ips)) if args.install else None
     if kernel:
         kernel.flush()
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         # so looking at it before each burst is never too late.
         if config and _mtime(config) != seen:
             seen = _mtime(config)
-            rr.configure(configured_neighbors(config.read_text()), loaded=False)
+            rr.configure(configured_neighbors(config.read_text()))
         changed: set[str] = set()
         for line in burst:
             changed |= rr.handle(line)

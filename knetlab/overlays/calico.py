@@ -28,6 +28,7 @@ from knetlab.daemon import DaemonError
 from knetlab.dataplane import Backend, register
 from knetlab.nodes.host import NetnsHost
 from knetlab.routes import reconcile_routes
+from knetlab.topologies.schema import NODE_HOST_OFFSET
 
 if TYPE_CHECKING:
     from knetlab.daemon import Daemon
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("knetlab.calico")
 CONVERGE_TIMEOUT = 15.0
 MESH, RR, TOR = "node-to-node mesh", "route reflector", "ToR"
+SPARE_CLIENTS = 32  # reflector neighbours configured ahead of joins (_spare_clients)
+MEMBERS_FILE = "members"  # the clients an ExaBGP reflector primes when it starts
 
 
 @register
@@ -141,6 +144,8 @@ class CalicoBgpBackend(Backend):
                              str(self._client_range(owner)), others)
             daemon: Daemon = Bird(self.cluster.rundir, owner, host.netns, cfg)
         else:
+            members = self.cluster.rundir.daemon_dir(owner, "exabgp") / MEMBERS_FILE
+            members.write_text("".join(f"{ip}\n" for ip in self._members(owner)))
             daemon = ExaBGP(self.cluster.rundir, owner, host.netns, self._rr_config(owner),
                             speed=1.0)  # it relays every route to every client: no naps
         daemon.start()
@@ -152,20 +157,45 @@ class CalicoBgpBackend(Backend):
             return u.rack_subnet(int(owner.split("-")[1]))
         return u.cidr
 
+    def _spare_clients(self, owner: str) -> set[str]:
+        """Addresses of nodes yet to join, configured on the reflector ahead of time.
+
+        ExaBGP 4.2 can only add a neighbour by reloading its config, and a reload re-sends
+        every route to every peer (its Peer.reconfigure): at 100 nodes each join cost ~10,000
+        UPDATEs and seconds of CPU. So the reflectors know the addresses of the next
+        SPARE_CLIENTS node indexes already (passive: nothing dials them), and the config
+        changes, with one reload, only when joins pass that horizon. (ExaBGP's neighbour
+        ranges would avoid even that, but its API cannot send routes to their peers.)"""
+        top = max((n.index for n in self.cluster.spec.nodes), default=0)
+        horizon = -(-(top + SPARE_CLIENTS) // SPARE_CLIENTS) * SPARE_CLIENTS
+        subnet = self._client_range(owner)
+        hosts = (subnet.network_address + NODE_HOST_OFFSET + i for i in range(1, horizon + 1))
+        return {str(h) for h in hosts if h in subnet and h != subnet.broadcast_address
+                and str(h) not in self.rr_ips.values()}
+
+    def _members(self, owner: str) -> list[str]:
+        """The reflector's clients now: nodes in its range and outside speakers."""
+        subnet = self._client_range(owner)
+        nodes = [n.node_ip for n in self.cluster.k8s_nodes()
+                 if ipaddress.ip_address(n.node_ip) in subnet]
+        return [*nodes, *self.external.values()]
+
     def _rr_config(self, owner: str) -> SpeakerConfig:
         me = self.rr_ips[owner]
         neighbors = [Neighbor(ip, me, RR) for o, ip in self.rr_ips.items() if o != owner]
         # Clients that left stay configured (passive: nothing dials them). ExaBGP 4.2 does
         # not take a neighbour removed and re-added at the same address (a node deleted,
         # another joining at its IP): the new session stays stuck in "connected".
-        self.clients.update(n.node_ip for n in self.cluster.k8s_nodes())
+        self.clients.update(self._members(owner))
+        clients = {ip for ip in self.clients
+                   if ipaddress.ip_address(ip) in self._client_range(owner)}
+        clients |= self._spare_clients(owner) | set(self.external.values())
         neighbors += [Neighbor(ip, me, "route reflector client")
-                      for ip in sorted(self.clients)
-                      if ipaddress.ip_address(ip) in self._client_range(owner)]
-        neighbors += [Neighbor(ip, me, "route reflector client") for ip in self.external.values()]
-        conf = self.cluster.rundir.daemon_dir(owner, "exabgp") / "exabgp.conf"
+                      for ip in sorted(clients, key=ipaddress.ip_address)]
+        rundir = self.cluster.rundir.daemon_dir(owner, "exabgp")
         args = ["knetlab.bgp.reflector", "--router-id", me, "--cluster-id",
-                self._cluster_id(owner), "--config", str(conf)]
+                self._cluster_id(owner), "--config", str(rundir / "exabgp.conf"),
+                "--members", str(rundir / MEMBERS_FILE)]
         for n in neighbors:
             if n.kind == RR:
                 args += ["--peer", n.address]

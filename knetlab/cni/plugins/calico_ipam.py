@@ -76,14 +76,18 @@ class BlockStore:
         self._bump(".revision")
         if claim:
             self._bump(CLAIMS)
+            self._bump(f"{CLAIMS}-{block['node']}")
 
     def remove(self, cidr: str) -> None:
+        block = self.read(cidr)
         try:
             os.unlink(self._path(cidr))
         except FileNotFoundError:
             return
         self._bump(".revision")
         self._bump(CLAIMS)
+        if block:
+            self._bump(f"{CLAIMS}-{block['node']}")
 
     def _bump(self, name: str) -> None:
         rev_path = os.path.join(self.root, name)
@@ -96,12 +100,13 @@ class BlockStore:
             f.write(str(rev + 1))
         os.replace(rev_path + ".tmp", rev_path)
 
-    def claims_revision(self) -> str:
-        """Bumped when a block is claimed or released, not when an address is handed out:
-        every node's speaker watches it, and re-reading every block on each pod's address
-        made a 100-node bring-up O(pods x nodes x blocks) file reads."""
+    def claims_revision(self, node: str = "") -> str:
+        """Bumped when a block (of ``node``, or any) is claimed or released, not when an
+        address is handed out: every node's speaker watches its own, and re-reading every
+        block on each pod's address or another node's claim made a 100-node lab do
+        O(nodes x blocks) file reads per pod and per join."""
         try:
-            with open(os.path.join(self.root, CLAIMS)) as f:
+            with open(os.path.join(self.root, f"{CLAIMS}-{node}" if node else CLAIMS)) as f:
                 return f.read()
         except OSError:
             return ""
