@@ -8,7 +8,12 @@ import json
 
 from knetlab.bgp.exabgp import Neighbor, SpeakerConfig, configured_neighbors, render
 from knetlab.bgp.messages import parse
-from knetlab.bgp.reflector import Reflector
+from knetlab.bgp.reflector import PRIME_WAIT, Reflector
+
+
+def eor(peer: str) -> str:
+    return json.dumps({"type": "update", "neighbor": {"address": {"peer": peer}, "message": {
+        "eor": {"afi": "ipv4", "safi": "unicast"}}}})
 
 
 def state(peer: str, st: str) -> str:
@@ -43,6 +48,7 @@ def reflector() -> tuple[Reflector, io.StringIO]:
     rr = Reflector("192.168.0.254", "192.168.0.254", {"192.168.0.253"}, out=out)
     for peer in ("192.168.0.11", "192.168.0.12", "192.168.0.253"):
         rr.handle(state(peer, "up"))
+        rr.handle(eor(peer))
     return rr, out
 
 
@@ -119,12 +125,16 @@ def test_configured_neighbours_are_targets_and_new_ones_primed_when_up() -> None
                for line in out.getvalue().splitlines())
     out.truncate(0)
     out.seek(0)
-    rr.handle(state("192.168.0.14", "up"))  # a reload added it: it gets everything now
+    rr.handle(state("192.168.0.14", "up"))  # a reload added it: it gets everything once
+    assert out.getvalue() == ""  # its own routes are reflected first
+    rr.handle(eor("192.168.0.14"))  # it has sent all it has
     assert sorted(out.getvalue().splitlines()) == [
         f"neighbor 192.168.0.14 announce route 10.244.{k}.0/24 next-hop 192.168.0.1{k} "
         f"origin igp local-preference 100 originator-id 192.168.0.1{k} "
         "cluster-list [ 192.168.0.254 ]" for k in (1, 2)]
     out.truncate(0)
     out.seek(0)
-    rr.handle(state("192.168.0.15", "up"))  # a spare's node joined: primed at its first up
+    rr.handle(state("192.168.0.15", "up"))  # a spare's node joined; it sends no EOR
+    rr.waiting["192.168.0.15"] -= PRIME_WAIT  # as if PRIME_WAIT had passed
+    rr.tick()
     assert len(out.getvalue().splitlines()) == 2

@@ -29,15 +29,16 @@ class BgpPath:
 @dataclass
 class Event:
     peer: str
-    kind: str  # "state" | "update"
+    kind: str  # "state" | "update" | "eor" (the peer sent all it has)
     state: str = ""  # connected / up / down
     reason: str = ""
     announce: dict[str, BgpPath] = field(default_factory=dict)
     withdraw: list[str] = field(default_factory=list)
 
 
-def api_bursts() -> Iterator[list[str]]:
-    """ExaBGP's messages on stdin, in bursts (all lines waiting at the time).
+def api_bursts(tick: float | None = None) -> Iterator[list[str]]:
+    """ExaBGP's messages on stdin, in bursts (all lines waiting at the time); with
+    ``tick``, an empty burst after that many quiet seconds (for the caller's timers).
 
     A thread reads stdin all the time. An API program that reads only between its own
     writes deadlocks with ExaBGP at scale: ExaBGP blocks writing events to a full pipe
@@ -52,7 +53,11 @@ def api_bursts() -> Iterator[list[str]]:
 
     threading.Thread(target=read, daemon=True, name="exabgp-api-reader").start()
     while True:
-        first = lines.get()
+        try:
+            first = lines.get(timeout=tick)
+        except queue.Empty:
+            yield []
+            continue
         if first is None:
             return
         burst = [first]
@@ -80,9 +85,12 @@ def parse(line: str) -> Event | None:
         return Event(peer, "state", state=n.get("state", ""), reason=n.get("reason", ""))
     if kind != "update":
         return None
-    update = msg["neighbor"].get("message", {}).get("update")
+    message = msg["neighbor"].get("message", {})
+    if "eor" in message:
+        return Event(peer, "eor")
+    update = message.get("update")
     if not update:
-        return None  # end-of-RIB and others
+        return None
     ev = Event(peer, "update")
     attrs = update.get("attribute", {})
     orig = attrs.get("originator-id", "")
@@ -106,6 +114,8 @@ class PeerTable:
     def apply(self, ev: Event) -> set[str]:
         """Record an event; return the prefixes whose set of paths changed."""
         table = self.routes.setdefault(ev.peer, {})
+        if ev.kind == "eor":
+            return set()
         if ev.kind == "state":
             old = self.peers.get(ev.peer, {}).get("state")
             if ev.state != old:

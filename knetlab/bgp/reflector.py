@@ -18,10 +18,10 @@ Targets are ExaBGP's configured neighbours, up or not: ExaBGP keeps an adj-rib-o
 neighbour, sends it when the session comes up and again after every flap (resend on client
 return), so a prefix change is ONE command naming every target, and a session coming up
 costs no command at all. A neighbour is "primed" once it holds our routes: those of the
-config ExaBGP started with at once, those a reload adds (ExaBGP starts them empty) at
-their first session up. Before this, every session up cost a command per prefix: at 100
-nodes bring-up queued ~10,000 commands (ExaBGP parses ~25 per loop) and the reflectors
-lagged by minutes. A peer going down withdraws what it sent.
+config ExaBGP started with at once, spares and those a reload adds (ExaBGP starts them
+empty) at their first session's End-of-RIB. Before this, every session up cost a command
+per prefix: at 100 nodes bring-up queued ~10,000 commands (ExaBGP parses ~25 per loop)
+and the reflectors lagged by minutes. A peer going down withdraws what it sent.
 With ``--install`` (a ToR in Calico's IP-fabric design) the reflector also installs the
 routes in its own kernel.
 """
@@ -31,11 +31,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from knetlab.bgp.exabgp import configured_neighbors
 from knetlab.bgp.kernel import KernelRoutes
 from knetlab.bgp.messages import BgpPath, PeerTable, api_bursts, parse
+
+# A peer that comes up unprimed (a joining node) gets every route only after its End-of-RIB
+# (or this many seconds): sent at once, its ~100 commands queued in ExaBGP ahead of the one
+# that reflects the joiner's own route to everybody, and delayed that by ~250 ms.
+PRIME_WAIT = 1.0
 
 
 def selector(targets: list[str]) -> str:
@@ -53,6 +59,7 @@ class Reflector:
         self.table = PeerTable(os.environ.get("KNETLAB_BGP_STATE"))
         self.members: dict[str, str] = {}  # ExaBGP's neighbours -> their config blocks
         self.primed: set[str] = set()  # neighbours whose adj-rib-out holds what we sent
+        self.waiting: dict[str, float] = {}  # up, not primed yet -> since when
         self.sent: dict[str, dict[str, BgpPath]] = {}  # target -> prefix -> path sent
         self.out = out
 
@@ -64,8 +71,8 @@ class Reflector:
         programs after loading the config), so the lab's current clients are primed at
         once: one grouped command per prefix reaches them all. Spare neighbours (configured
         ahead of joins, see CalicoBgpBackend) and those a reload adds or changes start empty
-        in ExaBGP and are primed at their first session up: only then is it sure ExaBGP
-        runs them, and a spare named in every command would only slow ExaBGP down."""
+        in ExaBGP and are primed once their first session is up: only then is it sure
+        ExaBGP runs them, and a spare named in every command would only slow ExaBGP down."""
         for peer in set(self.members) | set(members):
             if self.members.get(peer) != members.get(peer):
                 self.primed.discard(peer)
@@ -131,10 +138,22 @@ class Reflector:
             return set()
         changed = self.table.apply(ev)
         if ev.kind == "state" and ev.state == "up" and ev.peer not in self.primed:
-            self.prime({ev.peer})
+            self.waiting[ev.peer] = time.monotonic()
+        elif ev.kind == "state" and ev.state == "down":
+            self.waiting.pop(ev.peer, None)
         for prefix in sorted(changed):
             self.advertise(prefix, self.primed)
+        if ev.kind == "eor" and self.waiting.pop(ev.peer, None) is not None:
+            self.prime({ev.peer})
         return changed
+
+    def tick(self) -> None:
+        """Prime peers that came up but sent no End-of-RIB within PRIME_WAIT."""
+        late = {p for p, t in self.waiting.items() if time.monotonic() - t > PRIME_WAIT}
+        for peer in late:
+            del self.waiting[peer]
+        if late:
+            self.prime(late)
 
     def all_prefixes(self) -> set[str]:
         return {p for t in self.table.routes.values() for p in t}
@@ -165,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     if kernel:
         kernel.flush()
     rr.save()
-    for burst in api_bursts():
+    for burst in api_bursts(tick=PRIME_WAIT / 2):
         # A reload's new neighbours come up only after ExaBGP loaded the rewritten file,
         # so looking at it before each burst is never too late.
         if config and _mtime(config) != seen:
@@ -174,9 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         changed: set[str] = set()
         for line in burst:
             changed |= rr.handle(line)
+        rr.tick()
         if kernel and changed:
             kernel.sync(changed, {pfx: rr.table.paths(pfx) for pfx in changed})
-        rr.save()
+        if burst:
+            rr.save()
 
 
 def _mtime(path: Path | None) -> int:
