@@ -16,6 +16,7 @@ import pytest
 from knetlab import kernel
 from knetlab.bgp import status
 from knetlab.errors import ConfigError
+from knetlab.overlays import calico
 from knetlab.topologies.schema import load_topology
 from tests.conftest import TOPOLOGIES, needs_root, poll, write_topology
 
@@ -102,6 +103,33 @@ def test_exabgp_reflectors_attributes_and_failover(lab) -> None:  # noqa: ANN001
     for n in c.k8s_nodes():
         assert bird_routes(n) == others(c, n.name)
     assert c.check().ok
+
+
+def test_reflector_joins_use_spares_then_reload_and_client_returns(lab, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(calico, "SPARE_CLIENTS", 2)  # 4 nodes: spares for indexes 5 and 6
+    c = lab(TOPOLOGIES / "calico-rr.yaml")
+    conf = c.backend.reflectors["rr-1"].config_file
+    before = conf.read_text()
+    for name in ("node-5", "node-6", "node-7"):
+        node = c.add_node(name)
+        b = block(c, name)
+        poll(lambda: all(b in bird_routes(n) for n in c.k8s_nodes() if n is not node),  # noqa: B023
+             1.0, f"{name}'s block everywhere")
+        poll(lambda: bird_routes(node) == others(c, name), 2.0,  # noqa: B023
+             f"{name} learned every route")
+        if name == "node-6":
+            assert conf.read_text() == before  # joins on spare addresses: no reload
+    assert "neighbor 192.168.0.18 {" in conf.read_text()  # node-7 moved the horizon: reloaded
+    assert c.check().ok
+    # A client returns (speaker killed, started again): the reflectors' ExaBGP re-sends
+    # its adj-rib-out, and the client's block comes back everywhere.
+    speaker, b2 = c.backend.speakers["node-2"], block(c, "node-2")
+    os.kill(speaker.pid, signal.SIGKILL)
+    poll(lambda: b2 not in bird_routes(c.node("node-1")), 3.0, "node-2 withdrawn")
+    speaker.start()
+    poll(lambda: bird_routes(c.node("node-2")) == others(c, "node-2"), 5.0,
+         "the returned client has every route again")
+    poll(lambda: b2 in bird_routes(c.node("node-1")), 5.0, "node-2's block back")
 
 
 def test_bird_reflector(lab) -> None:  # noqa: ANN001

@@ -95,6 +95,7 @@ class CalicoBgpBackend(Backend):
         self._learned: dict[str, tuple[tuple[int, int], set[tuple[str, str]]]] = {}
         self._all_blocks: tuple[str, dict[str, list[str]]] = ("", {})
         self._node_ok: dict[str, tuple[Any, ...]] = {}  # node -> what it was converged on
+        self.horizon: dict[str, int] = {}  # reflector -> node indexes it is configured for
 
     # -- reflectors ------------------------------------------------------------------
     def setup(self) -> None:
@@ -168,9 +169,11 @@ class CalicoBgpBackend(Backend):
         changes, with one reload, only when joins pass that horizon. (ExaBGP's neighbour
         ranges would avoid even that, but its API cannot send routes to their peers.)"""
         top = max((n.index for n in self.cluster.spec.nodes), default=0)
-        horizon = -(-(top + SPARE_CLIENTS) // SPARE_CLIENTS) * SPARE_CLIENTS
+        if top > self.horizon.get(owner, 0):  # a join past the spares (or the start)
+            self.horizon[owner] = (top // SPARE_CLIENTS + 1) * SPARE_CLIENTS
         subnet = self._client_range(owner)
-        hosts = (subnet.network_address + NODE_HOST_OFFSET + i for i in range(1, horizon + 1))
+        hosts = (subnet.network_address + NODE_HOST_OFFSET + i
+                 for i in range(1, self.horizon[owner] + 1))
         return {str(h) for h in hosts if h in subnet and h != subnet.broadcast_address
                 and str(h) not in self.rr_ips.values()}
 
