@@ -22,9 +22,11 @@ def owned_routes(host: NetnsHost) -> set[str]:
 
 
 def reconcile_routes(host: NetnsHost, desired: dict[str, str]) -> None:
-    """Make ``host``'s knetlab routes exactly ``desired`` (dst -> "via X" / "nexthop ...")."""
+    """Make ``host``'s knetlab routes exactly ``desired`` (dst -> "via X" / "nexthop ..." /
+    "blackhole", whose type ip wants before the destination)."""
     stale = owned_routes(host) - set(desired)
-    lines = [f"route replace {dst} proto {ROUTE_PROTO} {hop}" for dst, hop in desired.items()]
+    lines = [f"route replace blackhole {dst} proto {ROUTE_PROTO}" if hop == "blackhole" else
+             f"route replace {dst} proto {ROUTE_PROTO} {hop}" for dst, hop in desired.items()]
     lines += [f"route del {dst} proto {ROUTE_PROTO}" for dst in sorted(stale)]
     if lines:
         host.ip_batch(lines, context=f"sync routes on {host.name}")

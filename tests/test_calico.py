@@ -4,6 +4,7 @@ parsing, and the route reflector's RFC 4456 rules (fed ExaBGP JSON, reading its 
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 
 from knetlab.bgp.exabgp import Neighbor, SpeakerConfig, configured_neighbors, render
@@ -138,3 +139,13 @@ def test_configured_neighbours_are_targets_and_new_ones_primed_when_up() -> None
     rr.waiting["192.168.0.15"] -= PRIME_WAIT  # as if PRIME_WAIT had passed
     rr.tick()
     assert len(out.getvalue().splitlines()) == 2
+
+
+def test_ipip_crosssubnet_tunnels_only_off_subnet() -> None:
+    from knetlab.bgp.kernel import KernelRoutes
+    k = KernelRoutes("10.244.0.0/16", set(), {"192.168.1.11"}, "ipip-crosssubnet")
+    k.subnets = [ipaddress.ip_network("192.168.1.0/24")]  # as read from `ip addr`
+    assert k._hop("192.168.1.12") == "via 192.168.1.12"  # same rack: native
+    assert k._hop("192.168.2.11") == "via 192.168.2.11 dev tunl0 onlink"  # other rack
+    always = KernelRoutes("10.244.0.0/16", set(), {"192.168.1.11"}, "ipip")
+    assert always._hop("192.168.1.12") == "via 192.168.1.12 dev tunl0 onlink"

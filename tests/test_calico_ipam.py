@@ -4,6 +4,7 @@ them, and every pod is reachable."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,6 +87,41 @@ def test_second_block_announced_blackholed_and_reachable(tmp_path: Path, lab) ->
     node2 = c.node("node-2")
     learned = json.loads(node2.run(["ip", "-j", "route", "show", "proto", "bird"]).stdout)
     assert set(announced) <= {r["dst"] for r in learned if r.get("type") != "blackhole"}
+    far = c.pod("extra-8")
+    assert c.pod("pod-2-0").run(["ping", "-c1", "-W2", far.ip], check=False).returncode == 0
+    assert c.check().ok
+
+
+VXLAN_TOPO = """name: cv-ipam
+dataplane: calico-vxlan
+vxlan: {blockSize: 29}
+underlay: {type: segment, cidr: 192.168.0.0/24}
+nodes: {count: 2}
+pods:
+  perNode: 1
+"""
+
+
+@pytest.mark.e2e
+@needs_root
+def test_vxlan_mode_routes_every_block_through_the_tunnel(tmp_path: Path, lab) -> None:  # noqa: ANN001
+    c = lab(write_topology(tmp_path, VXLAN_TOPO))
+    for i in range(1, 9):  # node-1 fills its first /29 (VTEP + pods) and claims more
+        c.add_pod(f"extra-{i}", "node-1")
+    blocks = aggregate([b["cidr"] for b in node_blocks(c.backend.block_store(), "node-1")])
+    assert len(node_blocks(c.backend.block_store(), "node-1")) >= 2
+    node2 = c.node("node-2")
+
+    def routes() -> dict[str, str]:
+        out = node2.run(["ip", "-j", "route", "show", "dev", "vxlan.calico"]).stdout
+        return {r["dst"]: r.get("gateway", "") for r in json.loads(out or "[]")}
+
+    # the store watcher (Felix's part) programs node-2 for node-1's new block
+    poll(lambda: set(blocks) <= set(routes()), 5.0, f"{blocks} via vxlan.calico on node-2")
+    vtep = routes()[blocks[0]]
+    assert any(ipaddress.ip_address(vtep) in ipaddress.ip_network(b) for b in blocks)
+    own = node2.run(["ip", "-j", "route", "show", "type", "blackhole"]).stdout
+    assert {r["dst"] for r in json.loads(own)} == set(c.backend.blocks()[0]["node-2"])
     far = c.pod("extra-8")
     assert c.pod("pod-2-0").run(["ping", "-c1", "-W2", far.ip], check=False).returncode == 0
     assert c.check().ok

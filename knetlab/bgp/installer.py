@@ -4,7 +4,7 @@ are independent), and applies announces, withdraws and peer-down to the kernel.
 
     python -m knetlab.bgp.installer --pool 10.244.0.0/16 --self 192.168.0.11 \
         [--own 10.244.1.0/24] [--store RUN/store --node node-1 --config exabgp.conf] \
-        [--encap ipip]
+        [--encap ipip|ipip-crosssubnet]
 
 With ``--store`` the node's IPAM blocks are announced from here (knetlab/bgp/blocks.py),
 not from ExaBGP's static config, and are re-sent to every peer whose session comes up.
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", required=True)
     p.add_argument("--self", dest="self_ips", action="append", default=[])
     p.add_argument("--own", action="append", default=[])
-    p.add_argument("--encap", default="none", choices=["none", "ipip"])
+    p.add_argument("--encap", default="none", choices=["none", "ipip", "ipip-crosssubnet"])
     p.add_argument("--store", help="the lab store: announce this node's IPAM blocks")
     p.add_argument("--node", help="the node whose blocks to announce (with --store)")
     p.add_argument("--config", help="ExaBGP's config file: a rewrite means a reload")

@@ -75,8 +75,9 @@ class KernelRoutes:
         _ip(["route", "flush", "proto", PROTO])
 
     def _hop(self, next_hop: str) -> str:
-        if self.encap == "ipip":  # Calico's IPIP: via the peer, out of tunl0
-            return f"via {next_hop} dev tunl0 onlink"
+        if self.encap == "ipip" or (self.encap == "ipip-crosssubnet"
+                                    and not self._connected(next_hop)):
+            return f"via {next_hop} dev tunl0 onlink"  # Calico's IPIP: out of tunl0
         if next_hop not in self.hops and self._connected(next_hop):
             self.hops[next_hop] = f"via {next_hop}"  # the usual case: no ip to spawn
         if next_hop not in self.hops:

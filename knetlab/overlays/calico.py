@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +29,7 @@ from knetlab.daemon import DaemonError
 from knetlab.dataplane import Backend, register
 from knetlab.nodes.host import NetnsHost
 from knetlab.routes import reconcile_routes
+from knetlab.store import DirWatch
 from knetlab.topologies.schema import NODE_HOST_OFFSET
 
 if TYPE_CHECKING:
@@ -43,6 +45,30 @@ SPARE_CLIENTS = 32  # reflector neighbours configured ahead of joins (_spare_cli
 MEMBERS_FILE = "members"  # the clients an ExaBGP reflector primes when it starts
 
 
+def pool_settings(spec: ClusterSpec, f: Fields) -> tuple[str, int]:
+    """The IP pool and its block size (calico-ipam), as every Calico data plane has them."""
+    pool = f.str("pool", str(spec.pod_cidr))
+    try:
+        ipaddress.IPv4Network(pool)
+    except ValueError:
+        raise f.error("pool", f"{pool!r} is not an IPv4 network",
+                      "write a CIDR such as 10.244.0.0/16") from None
+    size = f.int("blockSize", 26, lo=20, hi=32)
+    if size < ipaddress.IPv4Network(pool).prefixlen:
+        raise f.error("blockSize", f"/{size} blocks do not fit in pool {pool}",
+                      "use a blockSize at least the pool's prefix length")
+    return pool, size
+
+
+def calico_cni_config(store: str, node: K8sNode, pool: str, size: int,
+                      mtu: int) -> dict[str, Any]:
+    """The calico plugin (veth, /32 host route) with calico-ipam (affine blocks)."""
+    return {"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [{
+        "type": "calico", "mtu": mtu,
+        "ipam": {"type": "calico-ipam", "datastore": store, "pool": pool,
+                 "blockSize": size, "node": node.name}}]}
+
+
 @register
 class CalicoBgpBackend(Backend):
     name = "calico-bgp"
@@ -52,7 +78,7 @@ class CalicoBgpBackend(Backend):
     @classmethod
     def validate(cls, spec: ClusterSpec, f: Fields) -> dict[str, Any]:
         f.only(["mode", "asn", "holdTime", "reflectors", "reflector", "clusterId", "pool",
-                "blockSize"])
+                "blockSize", *(["ipipMode"] if cls.encap == "ipip" else [])])
         leaf = spec.underlay.type == "leaf-spine"
         mode = f.str("mode", "tor" if leaf else "mesh", choices=["mesh", "rr", "tor"])
         if (mode == "tor") != leaf and cls.encap == "none":
@@ -67,22 +93,16 @@ class CalicoBgpBackend(Backend):
             except ValueError:
                 raise f.error("clusterId", f"{cluster_id!r} is not a dotted quad",
                               "write an IPv4-style id such as 244.0.0.1") from None
-        pool = f.str("pool", str(spec.pod_cidr))
-        try:
-            ipaddress.IPv4Network(pool)
-        except ValueError:
-            raise f.error("pool", f"{pool!r} is not an IPv4 network",
-                          "write a CIDR such as 10.244.0.0/16") from None
-        size = f.int("blockSize", 26, lo=20, hi=32)
-        if size < ipaddress.IPv4Network(pool).prefixlen:
-            raise f.error("blockSize", f"/{size} blocks do not fit in pool {pool}",
-                          "use a blockSize at least the pool's prefix length")
+        pool, size = pool_settings(spec, f)
         return {"mode": mode, "asn": f.int("asn", 64512, lo=1, hi=4294967294),
                 "pool": pool, "block_size": size,
                 "hold": f.int("holdTime", 3, lo=3, hi=65535),
                 "reflectors": f.int("reflectors", 2, lo=1, hi=8),
                 "impl": f.str("reflector", "exabgp", choices=["exabgp", "bird"]),
-                "cluster_id": cluster_id}
+                "cluster_id": cluster_id,
+                # Calico's ipipMode: CrossSubnet tunnels only to next hops off our subnet
+                "ipip_mode": f.str("ipipMode", "Always", choices=["Always", "CrossSubnet"])
+                if cls.encap == "ipip" else "Never"}
 
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
@@ -239,7 +259,8 @@ class CalicoBgpBackend(Backend):
         assert self.cluster.store
         conf = self.cluster.rundir.daemon_dir(node.name, "exabgp") / "exabgp.conf"
         args = ["knetlab.bgp.installer", "--pool", self.settings["pool"], "--self", me,
-                "--encap", self.encap, "--store", str(self.cluster.store.root),
+                "--encap", "ipip-crosssubnet" if self.settings["ipip_mode"] == "CrossSubnet"
+                else self.encap, "--store", str(self.cluster.store.root),
                 "--node", node.name, "--config", str(conf)]
         return SpeakerConfig(me, self.settings["asn"], self.settings["hold"], neighbors,
                              [], args)
@@ -264,11 +285,8 @@ class CalicoBgpBackend(Backend):
 
     def cni_config(self, node: K8sNode, mtu: int = 1500) -> dict[str, Any]:
         assert self.cluster.store
-        return {"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [{
-            "type": "calico", "mtu": mtu,
-            "ipam": {"type": "calico-ipam", "datastore": str(self.cluster.store.root),
-                     "pool": self.settings["pool"], "blockSize": self.settings["block_size"],
-                     "node": node.name}}]}
+        return calico_cni_config(str(self.cluster.store.root), node, self.settings["pool"],
+                                 self.settings["block_size"], mtu)
 
     def prepare_node(self, node: K8sNode) -> None:
         """Encapsulating variants create their tunnel device here."""
@@ -437,66 +455,129 @@ class CalicoIpipBackend(CalicoBgpBackend):
 
 @register
 class CalicoVxlanBackend(Backend):
-    """Calico's VXLAN mode: ``vxlan.calico`` on every node, programmed from membership
-    (as Felix does from the datastore; BGP is not needed for reachability).
+    """Calico's VXLAN mode: pods take addresses from IPAM blocks (calico-ipam, as with
+    calico-bgp) and ``vxlan.calico`` on every node carries them, programmed from the lab's
+    store as Felix does from its datastore: BGP is not needed for reachability.
 
-    Per peer: route ``block via VTEP dev vxlan.calico onlink``, neighbour ``VTEP lladdr
-    MAC``, FDB ``MAC dst NODE_IP``; the MAC is derived from the node IP so nothing is
-    read back. ``mode: CrossSubnet``: peers in the same rack are routed natively.
+    Per peer block: route ``block via VTEP dev vxlan.calico onlink``, neighbour ``VTEP
+    lladdr MAC``, FDB ``MAC dst NODE_IP``. The VTEP address comes from the node's block
+    (handle ``vxlan-tunnel-addr``, as Calico's IPAM gives one); the MAC is derived from
+    the node IP. Own blocks are blackholed, as Felix does. ``mode: CrossSubnet``: peers in
+    the same rack are routed natively. A watcher re-syncs when any node claims or frees a
+    block (a node whose pods fill its block claims another).
     """
     name = "calico-vxlan"
     section: ClassVar[str | None] = "vxlan"
     kernel_features: ClassVar[tuple[str, ...]] = ("vxlan",)
     DEV, VNI, PORT, MTU = "vxlan.calico", 4096, 4789, 1450
+    TUNNEL_HANDLE = "vxlan-tunnel-addr"
 
     @classmethod
     def validate(cls, spec: ClusterSpec, f: Fields) -> dict[str, Any]:
-        f.only(["mode"])
-        return {"mode": f.str("mode", "Always", choices=["Always", "CrossSubnet"])}
+        f.only(["mode", "pool", "blockSize"])
+        pool, size = pool_settings(spec, f)
+        return {"mode": f.str("mode", "Always", choices=["Always", "CrossSubnet"]),
+                "pool": pool, "block_size": size}
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.watcher: threading.Thread | None = None
+
+    def block_store(self) -> BlockStore:
+        assert self.cluster.store
+        return BlockStore(str(self.cluster.store.root))
 
     @staticmethod
     def vtep_mac(node: K8sNode) -> str:
         return "66:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(node.node_ip).packed) \
             + ":01"
 
-    @staticmethod
-    def vtep_ip(node: K8sNode) -> str:
-        return str(ipaddress.IPv4Network(node.spec.pod_cidr).network_address)
-
     def setup_node(self, node: K8sNode) -> None:
+        with self.block_store() as store:
+            vtep = allocate(store, self.settings["pool"], self.settings["block_size"],
+                            node.name, self.TUNNEL_HANDLE)
         dev = self.DEV
         node.ip_batch([
             f"link add {dev} type vxlan id {self.VNI} local {node.node_ip} dev {node.uplink} "
             f"dstport {self.PORT} nolearning",
             f"link set {dev} address {self.vtep_mac(node)} mtu {self.MTU} up",
-            f"addr add {self.vtep_ip(node)}/32 dev {dev}",
+            f"addr add {vtep}/32 dev {dev}",
         ], context=f"create {dev} on {node.name}")
 
     def cni_config(self, node: K8sNode) -> dict[str, Any]:
-        return node.default_cni_config(mtu=self.MTU)
+        assert self.cluster.store
+        return calico_cni_config(str(self.cluster.store.root), node, self.settings["pool"],
+                                 self.settings["block_size"], self.MTU)
 
     def encapsulate(self, a: K8sNode, b: K8sNode) -> bool:
         return self.settings["mode"] == "Always" or a.spec.rack != b.spec.rack
 
+    def blocks(self) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """node -> its blocks (aggregated), and node -> its VTEP address."""
+        cidrs: dict[str, list[str]] = {}
+        vteps: dict[str, str] = {}
+        for b in self.block_store().blocks():
+            cidrs.setdefault(b["node"], []).append(b["cidr"])
+            for ip, handle in b.get("allocations", {}).items():
+                if handle == self.TUNNEL_HANDLE:
+                    vteps[b["node"]] = ip
+        return {n: aggregate(c) for n, c in cidrs.items()}, vteps
+
     def sync(self) -> None:
-        nodes = self.cluster.k8s_nodes()
-        for node in nodes:
-            routes, neigh, fdb = {}, [], []
-            for peer in (p for p in nodes if p is not node):
-                if not self.encapsulate(node, peer):
-                    routes[peer.spec.pod_cidr] = f"via {peer.node_ip}"
-                    continue
-                # Order as flannel does: neighbour and FDB first, the route last.
-                mac = self.vtep_mac(peer)
-                neigh.append(f"neigh replace {self.vtep_ip(peer)} lladdr {mac} dev {self.DEV} "
-                             "nud permanent")
-                fdb.append(f"fdb replace {mac} dev {self.DEV} dst {peer.node_ip} self permanent")
-                routes[peer.spec.pod_cidr] = f"via {self.vtep_ip(peer)} dev {self.DEV} onlink"
-            if fdb:
-                node.run(["bridge", "-batch", "-"], input="\n".join(fdb) + "\n",
-                         context=f"program {self.DEV} FDB on {node.name}")
-                node.ip_batch(neigh, context=f"program {self.DEV} neighbours on {node.name}")
-            reconcile_routes(node, routes)
+        with self.lock:
+            blocks, vteps = self.blocks()
+            nodes = self.cluster.k8s_nodes()
+            for node in nodes:
+                routes = {b: "blackhole" for b in blocks.get(node.name, [])}
+                neigh, fdb = [], []
+                for peer in (p for p in nodes if p is not node and p.name in vteps):
+                    if not self.encapsulate(node, peer):
+                        routes.update({b: f"via {peer.node_ip}" for b in blocks[peer.name]})
+                        continue
+                    # Order as flannel does: neighbour and FDB first, the routes last.
+                    mac, vtep = self.vtep_mac(peer), vteps[peer.name]
+                    neigh.append(f"neigh replace {vtep} lladdr {mac} dev {self.DEV} "
+                                 "nud permanent")
+                    fdb.append(f"fdb replace {mac} dev {self.DEV} dst {peer.node_ip} self "
+                               "permanent")
+                    routes.update({b: f"via {vtep} dev {self.DEV} onlink"
+                                   for b in blocks[peer.name]})
+                if fdb:
+                    node.run(["bridge", "-batch", "-"], input="\n".join(fdb) + "\n",
+                             context=f"program {self.DEV} FDB on {node.name}")
+                    node.ip_batch(neigh, context=f"program {self.DEV} neighbours on {node.name}")
+                reconcile_routes(node, routes)
+        if self.watcher is None:
+            self.watcher = threading.Thread(target=self._watch, daemon=True,
+                                            name="calico-vxlan-felix")
+            self.watcher.start()
+
+    def _watch(self) -> None:
+        """Felix's part: re-sync when a block changes hands (claims bump their revision)."""
+        store = self.block_store()
+        watch = DirWatch(store.root)
+        seen = store.claims_revision()
+        while not self.stopping.is_set():
+            watch.sleep(1.0)
+            now = store.claims_revision()
+            if now != seen and not self.stopping.is_set():
+                seen = now
+                try:
+                    self.sync()
+                except Exception:  # noqa: BLE001 - a node going away mid-sync; next one fixes it
+                    log.exception("calico-vxlan sync after a block claim failed")
+
+    def remove_node(self, node: K8sNode) -> None:
+        with self.block_store() as store:  # the node is gone: its blocks go back to the pool
+            for block in node_blocks(store, node.name):
+                store.remove(block["cidr"])
+
+    def teardown(self) -> None:
+        self.stopping.set()
 
     def describe(self) -> dict[str, Any]:
-        return {"vxlan": {"device": self.DEV, "vni": self.VNI, "mode": self.settings["mode"]}}
+        return {"vxlan": {"device": self.DEV, "vni": self.VNI, "mode": self.settings["mode"],
+                          "pool": self.settings["pool"],
+                          "blockSize": self.settings["block_size"]}}
