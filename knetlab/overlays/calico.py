@@ -6,10 +6,13 @@
   namespaces on the segment: knetlab's ExaBGP reflector or BIRD), ``tor`` on leaf-spine
   (each rack's ToR reflects for its rack and installs routes; spines learn from ToRs).
 - ``calico-ipip``: the same BGP, routes out of ``tunl0`` (refused where the kernel has no
-  IPIP, before anything is built).
+  IPIP, before anything is built); ``bgp.ipipMode: CrossSubnet`` tunnels only to next
+  hops off the node's subnet.
 - ``calico-vxlan``: Calico's VXLAN mode, no BGP needed: ``vxlan.calico`` (VNI 4096, UDP
-  4789) programmed from membership; ``mode: CrossSubnet`` routes natively inside a rack
-  and encapsulates only between racks.
+  4789) programmed from the IPAM blocks in the lab's store; ``mode: CrossSubnet`` routes
+  natively inside a rack and encapsulates only between racks.
+
+All three take pod addresses from calico-ipam blocks of one pool (``pool``, ``blockSize``).
 """
 
 from __future__ import annotations
