@@ -55,26 +55,31 @@ def test_block_size_range_is_validated(tmp_path: Path) -> None:
         load_topology(topo)
 
 
-TOPO = """name: cb-ipam
-dataplane: calico-bgp
-bgp: {mode: mesh, blockSize: 29}
-underlay: {type: segment, cidr: 192.168.0.0/24}
-nodes: {count: 2}
-pods:
-  perNode: 1
+TOPO = """name: {name}
+dataplane: {plane}
+{section}: {{blockSize: 29}}
+underlay: {{type: segment, cidr: 192.168.0.0/24}}
+nodes: {{count: 2}}
+pods: {{perNode: 1}}
 """
+
+
+def crowded_lab(lab, tmp_path: Path, name: str, plane: str, section: str):  # noqa: ANN001, ANN201
+    """2 nodes, /29 blocks, 9 pods on node-1: more than a /29 holds, so it claims more."""
+    c = lab(write_topology(tmp_path, TOPO.format(name=name, plane=plane, section=section)))
+    for i in range(1, 9):
+        c.add_pod(f"extra-{i}", "node-1")
+    blocks = [b["cidr"] for b in node_blocks(c.backend.block_store(), "node-1")]
+    assert len(blocks) >= 2, blocks
+    return c, aggregate(blocks)
 
 
 @pytest.mark.e2e
 @needs_root
 def test_second_block_announced_blackholed_and_reachable(tmp_path: Path, lab) -> None:  # noqa: ANN001
-    c = lab(write_topology(tmp_path, TOPO))
-    for i in range(1, 9):  # 9 pods on node-1: more than a /29 (7 or 8 addresses)
-        c.add_pod(f"extra-{i}", "node-1")
-    blocks = [b["cidr"] for b in node_blocks(c.backend.block_store(), "node-1")]
-    assert len(blocks) >= 2, blocks
+    c, blocks = crowded_lab(lab, tmp_path, "cb-ipam", "calico-bgp", "bgp")
     announced = c.backend.blocks("node-1")
-    assert announced == aggregate(blocks)
+    assert announced == blocks
     node1 = c.node("node-1")
 
     def blackholes() -> set[str]:
@@ -92,24 +97,10 @@ def test_second_block_announced_blackholed_and_reachable(tmp_path: Path, lab) ->
     assert c.check().ok
 
 
-VXLAN_TOPO = """name: cv-ipam
-dataplane: calico-vxlan
-vxlan: {blockSize: 29}
-underlay: {type: segment, cidr: 192.168.0.0/24}
-nodes: {count: 2}
-pods:
-  perNode: 1
-"""
-
-
 @pytest.mark.e2e
 @needs_root
 def test_vxlan_mode_routes_every_block_through_the_tunnel(tmp_path: Path, lab) -> None:  # noqa: ANN001
-    c = lab(write_topology(tmp_path, VXLAN_TOPO))
-    for i in range(1, 9):  # node-1 fills its first /29 (VTEP + pods) and claims more
-        c.add_pod(f"extra-{i}", "node-1")
-    blocks = aggregate([b["cidr"] for b in node_blocks(c.backend.block_store(), "node-1")])
-    assert len(node_blocks(c.backend.block_store(), "node-1")) >= 2
+    c, blocks = crowded_lab(lab, tmp_path, "cv-ipam", "calico-vxlan", "vxlan")
     node2 = c.node("node-2")
 
     def routes() -> dict[str, str]:
