@@ -8,6 +8,7 @@ views work from any process (CLI, supervisor, Mininet CLI) without an RPC.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from knetlab import shell
+from knetlab.bgp.exabgp import configured_neighbors
 from knetlab.errors import NotFoundError
 from knetlab.rundir import RunDir
 
@@ -54,11 +56,15 @@ def peers(rundir: RunDir, owner: str) -> list[list[str]]:
     if d.name == "bird":
         return _bird_peers(d)
     state = _load(d)
-    kinds = _kinds(d / "exabgp.conf")
+    config = d / "exabgp.conf"
+    kinds = _kinds(config)
+    blocks = configured_neighbors(config.read_text()) if config.exists() else {}
     rows = []
-    for addr in sorted(kinds):
+    for addr in sorted(kinds, key=ipaddress.ip_address):
         p = state.get("peers", {}).get(addr, {"state": "idle", "since": 0, "info": ""})
-        info = "Established" if p["state"] == "up" else (p.get("info") or "Active")
+        # a passive neighbour that never connected: a reflector's spare (a node to come)
+        waiting = "Passive" if "passive true;" in blocks.get(addr, "") else "Active"
+        info = "Established" if p["state"] == "up" else (p.get("info") or waiting)
         rows.append([addr, kinds[addr], p["state"], _since(p["since"]) if p["since"] else "-",
                      info])
     return rows
