@@ -1,11 +1,12 @@
-"""FRR's bgpd as a BGP peer of knetlab's speakers (interoperability with a real router).
+"""FRR as a BGP peer of knetlab's speakers (interoperability with a real router).
 
-``bgpd -Z`` runs without zebra: FRR's BGP decision process and wire format, no kernel
-routes of its own (``no bgp network import-check`` lets it originate a prefix zebra
-never saw). Everything is in its daemon dir: config, pid file, log, and the vty socket
-``vtysh --vty_socket DIR`` talks to. It runs as Debian's ``frr`` user (root is not in
-the compiled-in vty group ``frrvty``), so the dir is handed to that user; ``-P 0`` opens
-no telnet vty.
+Two FRR daemons, each a Daemon of its own (config, pid file, log in its own dir): zebra,
+FRR's kernel manager, and bgpd, talking to it over the zserv socket in zebra's dir, so
+what bgpd learns lands in the namespace's kernel (``proto bgp``) as on a real FRR router.
+``no bgp network import-check`` lets bgpd originate a prefix zebra has no route for. The
+vty sockets are in the daemons' dirs (``vtysh --vty_socket DIR``). FRR runs as Debian's
+``frr`` user (root is not in the compiled-in vty group ``frrvty``), so the dirs are
+handed to that user; ``-P 0`` opens no telnet vty.
 """
 
 from __future__ import annotations
@@ -22,6 +23,31 @@ if TYPE_CHECKING:
     from knetlab.rundir import RunDir
 
 BGPD = "/usr/lib/frr/bgpd"
+ZEBRA = "/usr/lib/frr/zebra"
+FRR_USER = ["-u", "frr", "-g", "frr", "-P", "0"]
+
+
+class FrrZebra(Daemon):
+    name = "zebra"
+
+    def render_config(self) -> str:
+        return f"hostname {self.owner}\nlog file {self.log_file}.frr\n"
+
+    @property
+    def zserv(self) -> str:
+        return str(self.dir / "zserv.api")
+
+    def command(self) -> list[str]:
+        return [ZEBRA, *FRR_USER, "-f", str(self.config_file), "-i",
+                str(self.dir / "zebra-own.pid"), "--vty_socket", str(self.dir), "-z", self.zserv]
+
+    def start(self, wait: bool = True) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.dir, "frr", "frr")
+        super().start(wait)
+
+    def is_ready(self) -> bool:
+        return (self.dir / "zserv.api").exists()
 
 
 @dataclass
@@ -40,6 +66,7 @@ class FrrBgpd(Daemon):
         super().__init__(rundir, owner, netns)
         self.cfg = cfg
         self.socket = self.dir / "bgpd.vty"
+        self.zebra = FrrZebra(rundir, owner, netns)
 
     def render_config(self) -> str:
         c = self.cfg
@@ -59,14 +86,19 @@ class FrrBgpd(Daemon):
         return "\n".join(lines) + "\n"
 
     def command(self) -> list[str]:
-        return [BGPD, "-Z", "-u", "frr", "-g", "frr", "-P", "0",
+        return [BGPD, *FRR_USER, "-z", self.zebra.zserv,
                 "-f", str(self.config_file), "-i", str(self.dir / "bgpd-own.pid"),
                 "--vty_socket", str(self.dir)]
 
     def start(self, wait: bool = True) -> None:
+        self.zebra.start()  # bgpd installs routes through it
         self.dir.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.dir, "frr", "frr")
         super().start(wait)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        super().stop(timeout)
+        self.zebra.stop(timeout)
 
     def is_ready(self) -> bool:
         return self.socket.exists()
