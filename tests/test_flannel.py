@@ -135,6 +135,32 @@ def test_backend_end_to_end(lab, tmp_path: Path, case: str) -> None:
     assert result["end"]["sum_received"]["bytes"] > 0
     env = (c.backend.agents["node-1"].dir / "subnet.env").read_text()
     assert "FLANNEL_SUBNET=10.244.1.1/24" in env and "FLANNEL_NETWORK=10.244.0.0/16" in env
+    # --ip-masq: leaving the pod network (to node-2's own address) a pod is its node;
+    # pod to pod kept its address (check() above saw no NAT)
+    assert peer_seen(c, "pod-1-0", c.node("node-2")) == c.node("node-1").node_ip
+
+
+SEEN_SERVER = ("import socket; s = socket.socket(); s.bind(('0.0.0.0', 9099)); s.listen(); "
+               "c, a = s.accept(); c.sendall(a[0].encode()); c.close()")
+
+
+def peer_seen(lab, pod: str, server) -> str:
+    """The source address ``server`` sees when ``pod`` connects to it."""
+    srv = server.popen(["python3", "-c", SEEN_SERVER])
+    try:
+        got = ""
+        for _ in range(50):  # the server needs a moment to listen
+            res = lab.pod(pod).run(["python3", "-c", "import socket; print(socket."
+                                    f"create_connection(('{server.node_ip}', 9099), 1)"
+                                    ".recv(64).decode())"], check=False)
+            if res.ok:
+                got = res.stdout.strip()
+                break
+            time.sleep(0.05)
+        return got
+    finally:
+        srv.kill()
+        srv.wait()
 
 
 @needs_root

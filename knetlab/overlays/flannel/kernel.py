@@ -11,6 +11,10 @@ Runs inside the node's namespace (in the agent process). Per backend:
   MTU underlay-28; the kernel's connected route sends the whole network to it.
 
 Every route carries knetlab's proto 77; desired sets are applied, extras deleted.
+
+As flanneld with ``--ip-masq`` (kube-flannel's default): chain ``FLANNEL-POSTRTG`` in the
+nat table masquerades pod traffic that leaves the pod network, and traffic from outside
+it to other nodes' pods; pod to pod keeps its addresses.
 """
 
 from __future__ import annotations
@@ -168,8 +172,35 @@ def reconcile_vxlan_peers(local: Local, peers: list[dict[str, Any]]) -> None:
                   context=f"fdb on {dev}")
 
 
+MASQ_CHAIN = "FLANNEL-POSTRTG"
+MASQ_JUMP = ["POSTROUTING", "-m", "comment", "--comment", "flanneld masq", "-j", MASQ_CHAIN]
+
+
+def masq_rules(network: str, subnet: str) -> list[str]:
+    """flanneld's rules, as ``iptables -S`` prints them."""
+    c, tag = f"-A {MASQ_CHAIN}", '-m comment --comment "flanneld masq"'
+    return [f"{c} -s {network} -d {network} {tag} -j RETURN",
+            f"{c} -s {network} ! -d 224.0.0.0/4 {tag} -j MASQUERADE --random-fully",
+            f"{c} ! -s {network} -d {subnet} {tag} -j RETURN",
+            f"{c} ! -s {network} -d {network} {tag} -j MASQUERADE --random-fully"]
+
+
+def reconcile_masq(local: Local) -> None:
+    """Rewrite the chain (one atomic iptables-restore) only when it differs."""
+    want = masq_rules(local.config["Network"], local.subnet)
+    have = shell.run(["iptables", "-w", "-t", "nat", "-S", MASQ_CHAIN], check=False).stdout
+    if [line for line in have.splitlines() if line.startswith("-A ")] != want:
+        text = "*nat\n:" + MASQ_CHAIN + " - [0:0]\n" + "\n".join(want) + "\nCOMMIT\n"
+        shell.run(["iptables-restore", "-w", "--noflush"], input=text,
+                  context=f"flannel masquerade rules ({MASQ_CHAIN})")
+    if shell.run(["iptables", "-w", "-t", "nat", "-C", *MASQ_JUMP], check=False).returncode:
+        shell.run(["iptables", "-w", "-t", "nat", "-A", *MASQ_JUMP],
+                  context=f"jump to {MASQ_CHAIN}")
+
+
 def reconcile(local: Local, leases: list[dict[str, Any]]) -> list[str]:
     """Program everything for the current leases; return the peer subnets programmed."""
+    reconcile_masq(local)
     peers = [p for p in leases if p["subnet"] != local.subnet]
     if local.btype == "vxlan":
         ensure_vxlan(local)
