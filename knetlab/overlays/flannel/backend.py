@@ -4,11 +4,16 @@ The backend is the cluster-side half of flannel: it stores the network config, s
 flanneld-like agent (and for UDP the forwarder) per node, writes the flannel CNI config,
 releases a leaving node's lease and waits until every agent has programmed the current
 membership. The kernel is programmed only by the agents (see ``agent`` and ``kernel``).
+
+As flanneld's DaemonSet, a crashed agent or forwarder is started again, after a back-off
+that doubles per crash (1 s to 10 s, kubelet's CrashLoopBackOff scaled to a lab).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,7 +29,9 @@ if TYPE_CHECKING:
     from knetlab.topologies.fields import Fields
     from knetlab.topologies.schema import ClusterSpec
 
+log = logging.getLogger(__name__)
 SYNC_TIMEOUT = 10.0
+RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 10.0)  # seconds before the 1st, 2nd... restart
 
 
 class FlannelBackend(Backend):
@@ -35,6 +42,10 @@ class FlannelBackend(Backend):
         super().__init__(cluster)
         self.agents: dict[str, FlannelAgent] = {}
         self.forwarders: dict[str, UdpForwarder] = {}
+        self.lock = threading.RLock()  # the watchdog thread and the cluster's calls
+        self.stopping = threading.Event()
+        self.watchdog: threading.Thread | None = None
+        self.crashes: dict[tuple[str, str], int] = {}
 
     @classmethod
     def validate(cls, spec: ClusterSpec, settings: Fields) -> dict[str, Any]:
@@ -92,6 +103,48 @@ class FlannelBackend(Backend):
                                        f"{want} (has {self._applied(agent)}); log tail:\n"
                                        f"{agent.log_tail()}")
                 time.sleep(0.02)
+        if self.watchdog is None:
+            self.watchdog = threading.Thread(target=self._watch, daemon=True,
+                                             name="flannel-daemonset")
+            self.watchdog.start()
+
+    def _watch(self) -> None:
+        """Start again what exited (the DaemonSet's part), each after its back-off."""
+        due: dict[tuple[str, str], float] = {}
+        while not self.stopping.wait(0.5):
+            with self.lock:
+                daemons = [*(("agent", n, d) for n, d in self.agents.items()),
+                           *(("forwarder", n, d) for n, d in self.forwarders.items())]
+                for kind, name, daemon in daemons:
+                    key = (kind, name)
+                    if daemon.alive() or self.stopping.is_set():
+                        continue
+                    crashes = self.crashes.get(key, 0)
+                    if key not in due:
+                        wait = RESTART_BACKOFF[min(crashes, len(RESTART_BACKOFF) - 1)]
+                        due[key] = time.monotonic() + wait
+                        log.warning("flannel %s on %s exited; starting it again in %.0f s",
+                                    kind, name, wait)
+                    elif time.monotonic() >= due[key]:
+                        del due[key]
+                        self.crashes[key] = crashes + 1
+                        try:
+                            self._restart(kind, name)
+                        except Exception:  # noqa: BLE001 - retried after the next back-off
+                            log.exception("restarting flannel %s on %s failed", kind, name)
+
+    def _restart(self, kind: str, name: str) -> int:
+        node = self.cluster.node(name)
+        table: dict[str, Any] = self.agents if kind == "agent" else self.forwarders
+        old = table.pop(name, None)
+        if old:
+            old.stop()
+        daemon = (FlannelAgent(node, self.store) if kind == "agent" else
+                  UdpForwarder(node, self.store, self.settings["SubnetLen"]))
+        daemon.start()
+        table[name] = daemon
+        assert daemon.pid
+        return daemon.pid
 
     @staticmethod
     def _applied(agent: FlannelAgent) -> list[str] | None:
@@ -105,26 +158,21 @@ class FlannelBackend(Backend):
         subnet.release(self.store, node.spec.pod_cidr)
 
     def _stop(self, name: str) -> None:
-        for table in (self.agents, self.forwarders):
-            daemon = table.pop(name, None)
-            if daemon:
-                daemon.stop()
+        with self.lock:
+            for table in (self.agents, self.forwarders):
+                daemon = table.pop(name, None)
+                if daemon:
+                    daemon.stop()
 
     def teardown(self) -> None:
+        self.stopping.set()  # first: the watchdog must not start what we stop
         for name in list(self.agents):
             self._stop(name)
 
     def restart_agent(self, node: str) -> int:
         """Stop (if running) and start a node's agent; returns the new pid."""
-        n = self.cluster.node(node)
-        old = self.agents.pop(node, None)
-        if old:
-            old.stop()
-        agent = FlannelAgent(n, self.store)
-        agent.start()
-        self.agents[node] = agent
-        assert agent.pid
-        return agent.pid
+        with self.lock:
+            return self._restart("agent", node)
 
     def rpc_methods(self) -> dict[str, Callable[..., Any]]:
         return {"flannel_leases": self.lease_table, "flannel_restart_agent": self.restart_agent}
