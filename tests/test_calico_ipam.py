@@ -116,3 +116,18 @@ def test_vxlan_mode_routes_every_block_through_the_tunnel(tmp_path: Path, lab) -
     far = c.pod("extra-8")
     assert c.pod("pod-2-0").run(["ping", "-c1", "-W2", far.ip], check=False).returncode == 0
     assert c.check().ok
+
+
+@pytest.mark.parametrize(("section", "field", "match"), [
+    ("vxlan: {pool: 10.244.0.0/33}", "pool", "not an IPv4 network"),
+    ("vxlan: {blockSize: 12}", "blockSize", "blockSize"),
+    ("bgp: {ipipMode: Sometimes}", "ipipMode", "ipipMode"),  # calico-bgp has no IPIP
+])
+def test_calico_options_are_validated(tmp_path: Path, section: str, field: str,
+                                      match: str) -> None:
+    plane = "calico-vxlan" if section.startswith("vxlan") else "calico-bgp"
+    topo = write_topology(tmp_path, f"name: cb-bad\ndataplane: {plane}\n{section}\n"
+                          "nodes: {count: 1}\n")
+    with pytest.raises(ConfigError, match=match) as err:
+        load_topology(topo)
+    assert field in str(err.value) and "topo.yaml" in str(err.value)
