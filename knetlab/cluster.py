@@ -293,7 +293,9 @@ class Cluster:
             "podCIDR": str(self.spec.pod_cidr),
             "serviceCIDR": str(self.spec.service_cidr),
             "nodes": [{"name": n.name, "ip": n.node_ip, "podCIDR": n.spec.pod_cidr,
-                       "rack": n.spec.rack} for n in self.nodes.values()],
+                       "rack": n.spec.rack, **(self.backend.describe_node(n)
+                                               if self.backend else {})}
+                      for n in self.nodes.values()],
             "pods": [{"name": p.name, "node": p.node_name, "ip": p.ip}
                      for p in self.pods.values()],
             "hosts": hosts,

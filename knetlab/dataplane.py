@@ -89,6 +89,11 @@ class Backend:
         """Extra facts for ``knetlab status`` (daemons, leases, ...)."""
         return {}
 
+    def describe_node(self, node: K8sNode) -> dict[str, Any]:
+        """Extra facts of one node for ``knetlab status`` (a Calico node: its IPAM blocks,
+        which replace the per-node pod CIDR)."""
+        return {}
+
 
 def register(cls: type[Backend]) -> type[Backend]:
     _REGISTRY[cls.name] = cls

@@ -80,8 +80,10 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def summary_nodes(state: dict[str, Any]) -> str:
-    rows = [["NODE", "IP", "POD-CIDR", "RACK"]]
-    rows += [[n["name"], n["ip"], n["podCIDR"], str(n.get("rack", 1))] for n in state["nodes"]]
+    blocks = any("blocks" in n for n in state["nodes"])  # Calico: IPAM blocks, no pod CIDR
+    rows = [["NODE", "IP", "IPAM-BLOCKS" if blocks else "POD-CIDR", "RACK"]]
+    rows += [[n["name"], n["ip"], ",".join(n.get("blocks", [])) if blocks else n["podCIDR"],
+              str(n.get("rack", 1))] for n in state["nodes"]]
     return _table(rows)
 
 

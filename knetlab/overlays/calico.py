@@ -277,6 +277,9 @@ class CalicoBgpBackend(Backend):
         """The node's blocks, aggregated as its speaker announces them."""
         return aggregate([b["cidr"] for b in node_blocks(self.block_store(), node)])
 
+    def describe_node(self, node: K8sNode) -> dict[str, Any]:
+        return {"blocks": self.all_blocks().get(node.name, [])}
+
     def setup_node(self, node: K8sNode) -> None:
         # A joining node claims its first block at once (its speaker has something to
         # announce); calico-ipam claims more when the node's pods fill it.
@@ -579,6 +582,9 @@ class CalicoVxlanBackend(Backend):
 
     def teardown(self) -> None:
         self.stopping.set()
+
+    def describe_node(self, node: K8sNode) -> dict[str, Any]:
+        return {"blocks": self.blocks()[0].get(node.name, [])}
 
     def describe(self) -> dict[str, Any]:
         return {"vxlan": {"device": self.DEV, "vni": self.VNI, "mode": self.settings["mode"],
