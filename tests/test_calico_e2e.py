@@ -16,6 +16,7 @@ import pytest
 from knetlab import kernel
 from knetlab.bgp import status
 from knetlab.errors import ConfigError
+from knetlab.mncli import summary_nodes
 from knetlab.overlays import calico
 from knetlab.topologies.schema import load_topology
 from tests.conftest import TOPOLOGIES, needs_root, poll, write_topology
@@ -98,6 +99,9 @@ def test_exabgp_reflectors_attributes_and_failover(lab) -> None:  # noqa: ANN001
     assert r[3] == "192.168.0.12" and r[4] == rr1  # originator-id, cluster-list
     peers = status.peers(c.rundir, "node-1")
     assert {p[0] for p in peers} == {rr1, rr2} and all(p[2] == "up" for p in peers)
+    state = c.state()  # `knetlab status` shows each node's blocks, not a pod CIDR
+    assert {n["name"]: n["blocks"] for n in state["nodes"]}["node-1"] == [block(c, "node-1")]
+    assert "IPAM-BLOCKS" in summary_nodes(state)
     c.backend.reflectors["rr-1"].stop()
     time.sleep(0.5)  # let a wrong withdrawal have time to show
     for n in c.k8s_nodes():
