@@ -66,6 +66,22 @@ def ip_batch(lines: list[str], netns: str | None, what: str, code: int,
         raise CNIError(code, f"failed to {what}", err.strip())
 
 
+def pod_lines(ifname: str, addr: str, ipam_result: dict, gw: str | None,
+              default_route: bool) -> tuple[list[str], list[dict]]:
+    """ip -batch lines that give a pod's interface its address and IPAM's routes (plus a
+    default route via ``gw`` when asked and IPAM gave none), and those routes (for the
+    ADD result)."""
+    lines = [f"addr add {addr} dev {ifname}", f"link set {ifname} up"]
+    routes = list(ipam_result.get("routes", []))
+    if default_route and gw and not any(r.get("dst") == "0.0.0.0/0" for r in routes):
+        routes.append({"dst": "0.0.0.0/0", "gw": gw})
+    for r in routes:
+        via = r.get("gw") or gw
+        lines.append(f"route add {r['dst']}" + (f" via {via}" if via else "")
+                     + f" dev {ifname}")
+    return lines, routes
+
+
 def short_hash(text: str) -> str:
     """8 hex digits, stable: names that DEL can find again (veth, chains)."""
     return f"{zlib.crc32(text.encode()):08x}"

@@ -17,6 +17,7 @@ from knetlab.cni.netutil import (
     local_mac,
     mac_for,
     parse_cidr,
+    pod_lines,
     run,
     short_hash,
 )
@@ -103,14 +104,7 @@ def _wire(args: Args, conf: dict[str, Any], br: str, mtu: int,
     # The bridge (line 1) and its address (last line) may exist already; the veth may not.
     ip_batch(node, None, f"attach {args.ifname} of {args.container_id} to bridge {br}",
              BRIDGE_FAILED, frozenset({1, len(node)} if conf.get("isGateway") else {1}))
-    pod = [f"addr add {addr} dev {args.ifname}", f"link set {args.ifname} up"]
-    routes = list(ipam_result.get("routes", []))
-    if conf.get("isDefaultGateway") and gw and not any(r.get("dst") == "0.0.0.0/0" for r in routes):
-        routes.append({"dst": "0.0.0.0/0", "gw": gw})
-    for r in routes:
-        via = r.get("gw") or gw
-        pod.append(f"route add {r['dst']}" + (f" via {via}" if via else "")
-                   + f" dev {args.ifname}")
+    pod, routes = pod_lines(args.ifname, addr, ipam_result, gw, bool(conf.get("isDefaultGateway")))
     ip_batch(pod, args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
     if conf.get("isGateway"):
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:

@@ -24,7 +24,7 @@ import subprocess
 import time
 
 from knetlab.cni.invoke import delegate
-from knetlab.cni.netutil import ip_batch, local_mac, mac_for
+from knetlab.cni.netutil import ip_batch, local_mac, mac_for, pod_lines
 from knetlab.cni.plugins.bridge import host_veth_name
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
@@ -102,14 +102,7 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
               f"{args.ifname} mtu {mtu} "
               f"address {pod_mac} netns {args.netns}", f"link set {veth} up"],
               None, f"create veth {veth} for {args.container_id}", VETH_FAILED)
-    pod = [f"addr add {addr} dev {args.ifname}", f"link set {args.ifname} up"]
-    routes = list(ipam_result.get("routes", []))
-    if gw and not any(r.get("dst") == "0.0.0.0/0" for r in routes):
-        routes.append({"dst": "0.0.0.0/0", "gw": gw})
-    for r in routes:
-        via = r.get("gw") or gw
-        pod.append(f"route add {r['dst']}" + (f" via {via}" if via else "")
-                   + f" dev {args.ifname}")
+    pod, routes = pod_lines(args.ifname, addr, ipam_result, gw, default_route=True)
     ip_batch(pod, args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
     _run(["nsenter", f"--net={args.netns}", "--", "ethtool", "-K", args.ifname, "tx", "off"],
          f"turn off tx checksum offload on {args.ifname}", VETH_FAILED)
