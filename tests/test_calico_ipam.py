@@ -112,7 +112,7 @@ def test_vxlan_mode_routes_every_block_through_the_tunnel(tmp_path: Path, lab) -
     vtep = routes()[blocks[0]]
     assert any(ipaddress.ip_address(vtep) in ipaddress.ip_network(b) for b in blocks)
     own = node2.run(["ip", "-j", "route", "show", "type", "blackhole"]).stdout
-    assert {r["dst"] for r in json.loads(own)} == set(c.backend.blocks()[0]["node-2"])
+    assert {r["dst"] for r in json.loads(own)} == set(c.backend.all_blocks()["node-2"])
     far = c.pod("extra-8")
     assert c.pod("pod-2-0").run(["ping", "-c1", "-W2", far.ip], check=False).returncode == 0
     assert c.check().ok

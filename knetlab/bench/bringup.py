@@ -3,11 +3,11 @@ pass ``check`` (sampled), for the sizes issue 2 names. Goal: 100 x 10 in < 60 s.
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
 
+from knetlab.bench import write_csv
 from knetlab.cluster import Cluster
 from knetlab.topologies.schema import load_topology
 
@@ -66,10 +66,7 @@ def measure(nodes: int, pods: int, plane: str, out_dir: Path) -> dict[str, Any]:
 
 def run(out_dir: Path) -> dict[str, Any]:
     rows = [measure(n, p, plane, out_dir) for n, p, plane in SIZES]
-    with (out_dir / "bringup.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir / "bringup.csv", rows)
     md = ["## Bring-up (one segment, linuxbridge)", "",
           "| data plane | nodes | pods | up (s) | up + check (s) | ms/pod | lab PSS (MiB) | "
           "MemAvailable drop (MiB) | check |",

@@ -9,7 +9,6 @@ node IP, OUTPUT DNAT), ``published-remote`` (node-2 -> node-1 IP, PREROUTING DNA
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from knetlab.bench import write_csv
 from knetlab.cluster import Cluster
 from knetlab.topologies.schema import load_topology
 
@@ -99,10 +99,7 @@ def _measure(c: Cluster, out_dir: Path) -> dict[str, Any]:
 
 
 def _write(out_dir: Path, starts: list[float], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    with (out_dir / "docker.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir / "docker.csv", rows)
     (out_dir / "docker-start.csv").write_text(
         "run,ms\n" + "".join(f"{i},{t:.1f}\n" for i, t in enumerate(starts)))
     md = ["## Docker networking (knetlab docker)", "",

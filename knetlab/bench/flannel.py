@@ -7,7 +7,6 @@ measured in the same lab, plus the CPU time the agents / UDP forwarders spent pe
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from knetlab import shell
+from knetlab.bench import write_csv
 from knetlab.cluster import Cluster
 from knetlab.daemon import stop_pid
 from knetlab.topologies.schema import load_topology
@@ -104,10 +104,7 @@ def run(out_dir: Path) -> dict[str, Any]:
             rows.append({"backend": name, "host_gbps": None, "pod_gbps": None,
                          "host_rtt_ms": None, "pod_rtt_ms": None, "daemon_cpu_s_per_gb": None,
                          "error": str(exc)[:200]})
-    with (out_dir / "flannel.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*FIELDS, "error"], restval="")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir / "flannel.csv", rows, [*FIELDS, "error"])
     md = ["## flannel data planes (iperf3 TCP, one stream, pod to pod across nodes)", "",
           "| backend | host-to-host Gbit/s | pod-to-pod Gbit/s | host RTT ms | pod RTT ms "
           "| agent+forwarder CPU s/GB |", "|---|---|---|---|---|---|"]

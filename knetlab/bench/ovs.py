@@ -8,12 +8,12 @@ the latency is from that write until every switch acknowledged (barrier) the new
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+from knetlab.bench import write_csv
 from knetlab.cluster import Cluster
 from knetlab.topologies.schema import load_topology
 
@@ -121,10 +121,7 @@ def measure(plane: str, out_dir: Path) -> dict[str, Any]:
 
 def run(out_dir: Path) -> dict[str, Any]:
     rows = [measure(p, out_dir) for p in PLANES]
-    with (out_dir / "ovs.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir / "ovs.csv", rows)
     md = ["## Open vSwitch overlays (userspace datapath, os-ken controller)", "",
           "| plane | host TCP (Gbit/s) | pod TCP (Gbit/s) | host RTT (ms) | pod RTT (ms) | "
           "OVS start (s/node) | OVS RSS (MiB/node) | controller RSS (MiB) | "

@@ -128,7 +128,6 @@ class ExaBGP(Daemon):
             "exabgp.reactor.speed": str(self.speed),
             "exabgp.tcp.bind": " ".join(binds),
             "KNETLAB_BGP_STATE": str(self.state_file),
-            **({"exabgp.log.level": "DEBUG"} if os.environ.get("KL_DEBUG") else {}),
         }
 
     def is_ready(self) -> bool:

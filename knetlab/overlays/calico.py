@@ -72,8 +72,47 @@ def calico_cni_config(store: str, node: K8sNode, pool: str, size: int,
                  "blockSize": size, "node": node.name}}]}
 
 
+class CalicoIpamBackend(Backend):
+    """What every Calico plane shares: pods wired by the calico plugin with addresses from
+    calico-ipam blocks of one pool, kept in the lab's store."""
+    MTU: ClassVar[int] = 1500  # the pods' MTU (tunnelling planes subtract their header)
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        self._all_blocks: tuple[str, dict[str, list[str]]] = ("", {})
+
+    def block_store(self) -> BlockStore:
+        assert self.cluster.store
+        return BlockStore(str(self.cluster.store.root))
+
+    def all_blocks(self) -> dict[str, list[str]]:
+        """node -> its (aggregated) blocks, read again when a block changed hands."""
+        store = self.block_store()
+        rev = store.claims_revision()
+        if self._all_blocks[0] != rev or not rev:
+            out: dict[str, list[str]] = {}
+            for b in store.blocks():
+                out.setdefault(b["node"], []).append(b["cidr"])
+            self._all_blocks = (rev, {n: aggregate(cidrs) for n, cidrs in out.items()})
+        return self._all_blocks[1]
+
+    def cni_config(self, node: K8sNode) -> dict[str, Any]:
+        assert self.cluster.store
+        return calico_cni_config(str(self.cluster.store.root), node, self.settings["pool"],
+                                 self.settings["block_size"], self.MTU)
+
+    def release_blocks(self, node: K8sNode) -> None:
+        """The node is gone: its blocks go back to the pool."""
+        with self.block_store() as store:
+            for block in node_blocks(store, node.name):
+                store.remove(block["cidr"])
+
+    def describe_node(self, node: K8sNode) -> dict[str, Any]:
+        return {"blocks": self.all_blocks().get(node.name, [])}
+
+
 @register
-class CalicoBgpBackend(Backend):
+class CalicoBgpBackend(CalicoIpamBackend):
     name = "calico-bgp"
     section: ClassVar[str | None] = "bgp"
     encap = "none"
@@ -116,7 +155,6 @@ class CalicoBgpBackend(Backend):
         self.clients: set[str] = set()  # node addresses the reflectors have known
         self.external: dict[str, str] = {}  # outside speaker (FRR, BIRD) -> its address
         self._learned: dict[str, tuple[tuple[int, int], set[tuple[str, str]]]] = {}
-        self._all_blocks: tuple[str, dict[str, list[str]]] = ("", {})
         self._node_ok: dict[str, tuple[Any, ...]] = {}  # node -> what it was converged on
         self.horizon: dict[str, int] = {}  # reflector -> node indexes it is configured for
 
@@ -269,16 +307,9 @@ class CalicoBgpBackend(Backend):
                              [], args)
 
     # -- IPAM blocks -----------------------------------------------------------------
-    def block_store(self) -> BlockStore:
-        assert self.cluster.store
-        return BlockStore(str(self.cluster.store.root))
-
     def blocks(self, node: str) -> list[str]:
         """The node's blocks, aggregated as its speaker announces them."""
         return aggregate([b["cidr"] for b in node_blocks(self.block_store(), node)])
-
-    def describe_node(self, node: K8sNode) -> dict[str, Any]:
-        return {"blocks": self.all_blocks().get(node.name, [])}
 
     def setup_node(self, node: K8sNode) -> None:
         # A joining node claims its first block at once (its speaker has something to
@@ -288,11 +319,6 @@ class CalicoBgpBackend(Backend):
                 claim_block(store, self.settings["pool"], self.settings["block_size"],
                             node.name)
         self.prepare_node(node)
-
-    def cni_config(self, node: K8sNode, mtu: int = 1500) -> dict[str, Any]:
-        assert self.cluster.store
-        return calico_cni_config(str(self.cluster.store.root), node, self.settings["pool"],
-                                 self.settings["block_size"], mtu)
 
     def prepare_node(self, node: K8sNode) -> None:
         """Encapsulating variants create their tunnel device here."""
@@ -350,17 +376,6 @@ class CalicoBgpBackend(Backend):
     def learned_prefixes(self, node: str) -> set[str]:
         return {p for _peer, p in self.learned(node)}
 
-    def all_blocks(self) -> dict[str, list[str]]:
-        """node -> its announced (aggregated) blocks, read again when the store changed."""
-        store = self.block_store()
-        rev = store.claims_revision()
-        if self._all_blocks[0] != rev or not rev:
-            out: dict[str, list[str]] = {}
-            for b in store.blocks():
-                out.setdefault(b["node"], []).append(b["cidr"])
-            self._all_blocks = (rev, {n: aggregate(cidrs) for n, cidrs in out.items()})
-        return self._all_blocks[1]
-
     def expected(self, node: K8sNode, blocks: dict[str, list[str]] | None = None
                  ) -> set[tuple[str, str]]:
         """What a converged node has learned: every other block, from every peer that
@@ -414,9 +429,7 @@ class CalicoBgpBackend(Backend):
         speaker = self.speakers.pop(node.name, None)
         if speaker:
             speaker.stop()  # SIGTERM: ExaBGP closes its sessions, peers withdraw at once
-        with self.block_store() as store:  # the node is gone: its blocks go back to the pool
-            for block in node_blocks(store, node.name):
-                store.remove(block["cidr"])
+        self.release_blocks(node)
 
     def teardown(self) -> None:
         for daemon in [*self.speakers.values(), *self.reflectors.values()]:
@@ -444,6 +457,7 @@ class CalicoIpipBackend(CalicoBgpBackend):
     name = "calico-ipip"
     encap = "ipip"
     kernel_features: ClassVar[tuple[str, ...]] = ("ipip",)
+    MTU: ClassVar[int] = 1480  # IPIP: 20 bytes of outer header
 
     def prepare_node(self, node: K8sNode) -> None:
         # tunl0 appears when the ipip module loads; give it the node's block gateway so
@@ -452,15 +466,13 @@ class CalicoIpipBackend(CalicoBgpBackend):
         with self.block_store() as store:
             ip = allocate(store, self.settings["pool"], self.settings["block_size"],
                           node.name, "ipip-tunnel-addr")
-        node.ip_batch(["link set tunl0 up mtu 1480", f"addr replace {ip}/32 dev tunl0"],
+        node.ip_batch([f"link set tunl0 up mtu {self.MTU}", f"addr replace {ip}/32 dev tunl0"],
                       context=f"set up tunl0 on {node.name}")
 
-    def cni_config(self, node: K8sNode, mtu: int = 1480) -> dict[str, Any]:
-        return super().cni_config(node, mtu)
 
 
 @register
-class CalicoVxlanBackend(Backend):
+class CalicoVxlanBackend(CalicoIpamBackend):
     """Calico's VXLAN mode: pods take addresses from IPAM blocks (calico-ipam, as with
     calico-bgp) and ``vxlan.calico`` on every node carries them, programmed from the lab's
     store as Felix does from its datastore: BGP is not needed for reachability.
@@ -491,10 +503,6 @@ class CalicoVxlanBackend(Backend):
         self.stopping = threading.Event()
         self.watcher: threading.Thread | None = None
 
-    def block_store(self) -> BlockStore:
-        assert self.cluster.store
-        return BlockStore(str(self.cluster.store.root))
-
     @staticmethod
     def vtep_mac(node: K8sNode) -> str:
         return "66:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(node.node_ip).packed) \
@@ -512,28 +520,18 @@ class CalicoVxlanBackend(Backend):
             f"addr add {vtep}/32 dev {dev}",
         ], context=f"create {dev} on {node.name}")
 
-    def cni_config(self, node: K8sNode) -> dict[str, Any]:
-        assert self.cluster.store
-        return calico_cni_config(str(self.cluster.store.root), node, self.settings["pool"],
-                                 self.settings["block_size"], self.MTU)
-
     def encapsulate(self, a: K8sNode, b: K8sNode) -> bool:
         return self.settings["mode"] == "Always" or a.spec.rack != b.spec.rack
 
-    def blocks(self) -> tuple[dict[str, list[str]], dict[str, str]]:
-        """node -> its blocks (aggregated), and node -> its VTEP address."""
-        cidrs: dict[str, list[str]] = {}
-        vteps: dict[str, str] = {}
-        for b in self.block_store().blocks():
-            cidrs.setdefault(b["node"], []).append(b["cidr"])
-            for ip, handle in b.get("allocations", {}).items():
-                if handle == self.TUNNEL_HANDLE:
-                    vteps[b["node"]] = ip
-        return {n: aggregate(c) for n, c in cidrs.items()}, vteps
+    def vteps(self) -> dict[str, str]:
+        """node -> its VTEP address (the allocation made under TUNNEL_HANDLE)."""
+        return {b["node"]: ip for b in self.block_store().blocks()
+                for ip, handle in b.get("allocations", {}).items()
+                if handle == self.TUNNEL_HANDLE}
 
     def sync(self) -> None:
         with self.lock:
-            blocks, vteps = self.blocks()
+            blocks, vteps = self.all_blocks(), self.vteps()
             nodes = self.cluster.k8s_nodes()
             for node in nodes:
                 routes = {b: "blackhole" for b in blocks.get(node.name, [])}
@@ -576,15 +574,10 @@ class CalicoVxlanBackend(Backend):
                     log.exception("calico-vxlan sync after a block claim failed")
 
     def remove_node(self, node: K8sNode) -> None:
-        with self.block_store() as store:  # the node is gone: its blocks go back to the pool
-            for block in node_blocks(store, node.name):
-                store.remove(block["cidr"])
+        self.release_blocks(node)
 
     def teardown(self) -> None:
         self.stopping.set()
-
-    def describe_node(self, node: K8sNode) -> dict[str, Any]:
-        return {"blocks": self.blocks()[0].get(node.name, [])}
 
     def describe(self) -> dict[str, Any]:
         return {"vxlan": {"device": self.DEV, "vni": self.VNI, "mode": self.settings["mode"],
