@@ -11,19 +11,15 @@ and keeps two things level-triggered:
   more specific).
 
 ExaBGP forgets API-injected routes for neighbours a config reload (SIGUSR1) adds or
-rebuilds, so everything is sent again to a peer whenever its session comes up and to all
-peers when the config file changes.
+rebuilds; such a neighbour's session comes up afterwards, and everything is sent again to
+a peer whenever its session comes up.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import subprocess
 import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 from knetlab.cni.plugins.calico_ipam import BlockStore, node_blocks
 from knetlab.store import DirWatch
@@ -37,11 +33,11 @@ def aggregate(cidrs: list[str]) -> list[str]:
 
 
 class BlockAnnouncer:
-    def __init__(self, store: str, node: str, next_hop: str, config: str | None,
-                 emit: Callable[[str], None], on_own: Callable[[set[str]], None]) -> None:
+    def __init__(self, store: str, node: str, next_hop: str,
+                 emit: Callable[[str], None], on_own: Callable[[set[str]], None],
+                 ip: Callable[[list[str]], None]) -> None:
         self.store, self.node, self.next_hop = BlockStore(store), node, next_hop
-        self.config = Path(config) if config else None
-        self.emit, self.on_own = emit, on_own
+        self.emit, self.on_own, self.ip = emit, on_own, ip  # ip: the installer's ip -batch
         self.announced: list[str] = []
         self.blocks: set[str] = set()
         self.lock = threading.Lock()
@@ -62,44 +58,30 @@ class BlockAnnouncer:
             lines += [f"route del blackhole {p} proto bird"
                       for p in set(self.announced) - set(want)]
             if lines:
-                subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
-                               capture_output=True, text=True)
+                self.ip(lines)
             self.announced, self.blocks = want, blocks
 
-    def resend(self, peer: str | None = None) -> None:
-        """Everything again, to one peer (its session came up) or to all (config reload)."""
+    def resend(self, peer: str) -> None:
+        """Everything again to a peer whose session came up."""
         with self.lock:
-            where = f"neighbor {peer} " if peer else ""
             for prefix in self.announced:
-                self.emit(f"{where}announce route {prefix} next-hop {self.next_hop}")
-
-    def _mtime(self) -> float:
-        try:
-            return os.stat(self.config).st_mtime if self.config else 0.0
-        except OSError:
-            return 0.0
+                self.emit(f"neighbor {peer} announce route {prefix} next-hop {self.next_hop}")
 
     def run(self) -> None:
-        # Sleep on inotify: the store's revision files are renamed into place, the config
-        # is rewritten in place. A hundred idle installers polling at 10 Hz cost a tenth
-        # of the machine; the timeout is only a safety net.
+        # Sleep on inotify (the store's revision files are renamed into place): a hundred
+        # idle installers polling at 10 Hz cost a tenth of the machine. The timeout is
+        # only a safety net.
         watch = DirWatch(self.store.root)
-        if self.config:
-            watch.add(self.config.parent, DirWatch.IN_CLOSE_WRITE | DirWatch.IN_MOVED_TO)
-        rev, mtime = self.store.claims_revision(self.node), self._mtime()
+        rev = self.store.claims_revision(self.node)
         self.reconcile(self.read_blocks())
         while True:
             watch.sleep(SAFETY_NET)
-            now_rev, now_mtime = self.store.claims_revision(self.node), self._mtime()
-            if now_rev != rev:
-                rev = now_rev
+            now = self.store.claims_revision(self.node)
+            if now != rev:
+                rev = now
                 blocks = self.read_blocks()
                 if blocks != self.blocks:
                     self.reconcile(blocks)
-            if now_mtime != mtime:
-                mtime = now_mtime
-                time.sleep(0.3)  # ExaBGP reloads on SIGUSR1, sent just after the write
-                self.resend()
 
     def start(self) -> None:
         threading.Thread(target=self.run, daemon=True, name="blocks").start()

@@ -3,7 +3,7 @@ protocol). Reads ExaBGP's JSON on stdin, keeps every peer's routes apart (two re
 are independent), and applies announces, withdraws and peer-down to the kernel.
 
     python -m knetlab.bgp.installer --pool 10.244.0.0/16 --self 192.168.0.11 \
-        [--own 10.244.1.0/24] [--store RUN/store --node node-1 --config exabgp.conf] \
+        [--own 10.244.1.0/24] [--store RUN/store --node node-1] \
         [--encap ipip|ipip-crosssubnet]
 
 With ``--store`` the node's IPAM blocks are announced from here (knetlab/bgp/blocks.py),
@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--encap", default="none", choices=["none", "ipip", "ipip-crosssubnet"])
     p.add_argument("--store", help="the lab store: announce this node's IPAM blocks")
     p.add_argument("--node", help="the node whose blocks to announce (with --store)")
-    p.add_argument("--config", help="ExaBGP's config file: a rewrite means a reload")
     args = p.parse_args(argv)
     table = PeerTable(os.environ.get("KNETLAB_BGP_STATE"))
     kernel = KernelRoutes(args.pool, set(args.own), set(args.self_ips), args.encap)
@@ -62,7 +61,8 @@ def _announcer(args: argparse.Namespace, kernel: KernelRoutes) -> BlockAnnouncer
     def own(blocks: set[str]) -> None:
         kernel.own = set(args.own) | blocks  # never install our own blocks as learned
 
-    announcer = BlockAnnouncer(args.store, args.node, args.self_ips[0], args.config, emit, own)
+    announcer = BlockAnnouncer(args.store, args.node, args.self_ips[0], emit, own,
+                               kernel.batch.send)
     announcer.reconcile(announcer.read_blocks())  # announced before any session is up
     announcer.start()
     return announcer

@@ -19,6 +19,7 @@ import ipaddress
 import json
 import subprocess
 import sys
+import threading
 
 from knetlab.bgp.messages import BgpPath
 
@@ -36,8 +37,13 @@ class IpBatch:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[str] | None = None
+        self.lock = threading.Lock()  # the installer's main thread and its block watcher
 
     def send(self, lines: list[str]) -> None:
+        with self.lock:
+            self._send(lines)
+
+    def _send(self, lines: list[str]) -> None:
         for _attempt in range(2):
             if self.proc is None or self.proc.poll() is not None:
                 self.proc = subprocess.Popen(["ip", "-force", "-batch", "-"], text=True,

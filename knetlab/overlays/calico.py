@@ -298,11 +298,10 @@ class CalicoBgpBackend(CalicoIpamBackend):
             neighbors = [Neighbor(self.rr_ips[f"tor-{node.spec.rack}"], me, TOR)]
         # The installer announces the node's IPAM blocks itself (knetlab/bgp/blocks.py).
         assert self.cluster.store
-        conf = self.cluster.rundir.daemon_dir(node.name, "exabgp") / "exabgp.conf"
         args = ["knetlab.bgp.installer", "--pool", self.settings["pool"], "--self", me,
                 "--encap", "ipip-crosssubnet" if self.settings["ipip_mode"] == "CrossSubnet"
                 else self.encap, "--store", str(self.cluster.store.root),
-                "--node", node.name, "--config", str(conf)]
+                "--node", node.name]
         return SpeakerConfig(me, self.settings["asn"], self.settings["hold"], neighbors,
                              [], args)
 
