@@ -56,13 +56,16 @@ def run(args: argparse.Namespace) -> None:
                            backend_data(local))
     log.info("acquired lease %s (%s backend)", local.subnet, local.btype)
     write_subnet_env(run_dir / "subnet.env", local, pod_mtu(local))
-    renewed, applied = time.monotonic(), None
+    renewed, applied, masq_due = time.monotonic(), None, True
     while True:
         if time.monotonic() - renewed > subnet.RENEW_EVERY:
             subnet.renew(store, lease)
             renewed = time.monotonic()
         seen = store.revision()
         try:
+            if masq_due:  # at start and on the periodic repair pass, not on every change:
+                kernel.reconcile_masq(local)  # the rules depend on no other node
+                masq_due = False
             peers = kernel.reconcile(local, subnet.leases(store))
         except Exception:  # noqa: BLE001 - log and retry next pass: an agent must not die
             log.exception("reconcile failed; retrying")
@@ -74,6 +77,8 @@ def run(args: argparse.Namespace) -> None:
             applied = peers
         if store.wait(seen, RESYNC) != seen:
             _settle(store)
+        else:
+            masq_due = True
 
 
 def _settle(store: Store, quiet: float = 0.1, limit: float = 0.5) -> None:

@@ -200,7 +200,6 @@ def reconcile_masq(local: Local) -> None:
 
 def reconcile(local: Local, leases: list[dict[str, Any]]) -> list[str]:
     """Program everything for the current leases; return the peer subnets programmed."""
-    reconcile_masq(local)
     peers = [p for p in leases if p["subnet"] != local.subnet]
     if local.btype == "vxlan":
         ensure_vxlan(local)
