@@ -1,0 +1,1 @@
+"""Kubernetes inside the lab."""
