@@ -1,0 +1,165 @@
+"""The lab's PKI and kubeconfig: a CA, the API server's serving certificate, a bearer token.
+
+Made at ``up`` as kind does, in ``<rundir>/kube/`` (every file mode 0600, root only):
+``ca.crt``, ``ca.key``, ``apiserver.crt`` (SAN IP:127.0.0.1, DNS:localhost),
+``apiserver.key``, ``token`` and ``kubeconfig`` (cluster ``knetlab-<lab>``, the CA inline,
+the token). Keys are ECDSA P-256: a key is made in microseconds where RSA-2048 takes tens of
+milliseconds, and every client we care about (Go, OpenSSL) accepts it.
+
+Everything is idempotent: existing keys, certificates and token are kept, so a restarted
+API server keeps serving the certificate that existing kubeconfigs trust.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+
+import yaml
+
+from knetlab import shell
+
+VALID_DAYS = 3650
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    """Write a file created 0600 (never world-readable, not even for an instant)."""
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def _make_certs_cryptography(kube_dir: Path, cluster: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.TraditionalOpenSSL,
+                                 serialization.NoEncryption())
+
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    later = now + datetime.timedelta(days=VALID_DAYS)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster}-ca")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now).not_valid_after(later)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                       crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False,
+                                       decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                       x509.DNSName("localhost"),
+                                       x509.DNSName("kubernetes"),
+                                       x509.DNSName("kubernetes.default")])
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(later)
+            .add_extension(san, critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    _write(kube_dir / "ca.key", pem_key(ca_key))
+    _write(kube_dir / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
+    _write(kube_dir / "apiserver.key", pem_key(key))
+    _write(kube_dir / "apiserver.crt", cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _make_certs_openssl(kube_dir: Path, cluster: str) -> None:
+    """The same with the openssl CLI, for machines without the cryptography module."""
+    d = kube_dir
+    old = os.umask(0o077)
+    try:
+        shell.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                   "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(d / "ca.key"),
+                   "-out", str(d / "ca.crt"), "-days", str(VALID_DAYS),
+                   "-subj", f"/CN={cluster}-ca"], context="make the lab CA")
+        shell.run(["openssl", "req", "-newkey", "ec", "-pkeyopt",
+                   "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+                   str(d / "apiserver.key"), "-out", str(d / "apiserver.csr"),
+                   "-subj", "/CN=kube-apiserver"], context="make the API server key")
+        ext = d / "apiserver.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
+                       "DNS:kubernetes.default\nextendedKeyUsage=serverAuth\n")
+        shell.run(["openssl", "x509", "-req", "-in", str(d / "apiserver.csr"),
+                   "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"), "-CAcreateserial",
+                   "-out", str(d / "apiserver.crt"), "-days", str(VALID_DAYS),
+                   "-extfile", str(ext)], context="sign the API server certificate")
+    finally:
+        os.umask(old)
+    for leftover in ("apiserver.csr", "apiserver.ext", "ca.srl"):
+        (d / leftover).unlink(missing_ok=True)
+    for name in ("ca.key", "ca.crt", "apiserver.key", "apiserver.crt"):
+        os.chmod(d / name, 0o600)
+
+
+def make_certs(kube_dir: Path, cluster: str) -> None:
+    """The CA and serving certificate, unless both already exist."""
+    names = ("ca.crt", "ca.key", "apiserver.crt", "apiserver.key")
+    if all((kube_dir / n).exists() for n in names):
+        return
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        _make_certs_openssl(kube_dir, cluster)
+    else:
+        _make_certs_cryptography(kube_dir, cluster)
+
+
+def ensure_token(kube_dir: Path) -> str:
+    path = kube_dir / "token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = secrets.token_hex(24)
+    _write(path, token + "\n")
+    return token
+
+
+def kubeconfig_text(cluster: str, server_url: str, ca_pem: bytes, token: str) -> str:
+    user = f"{cluster}-admin"
+    config = {
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": cluster, "cluster": {
+            "server": server_url,
+            "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
+        "current-context": cluster,
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def make_pki(kube_dir: Path, server_url: str, lab: str | None = None) -> Path:
+    """Make (or keep) the lab's CA, serving certificate, token and kubeconfig; return the
+    kubeconfig's path. ``lab`` defaults to the run dir's name (``<rundir>/kube``)."""
+    kube_dir = Path(kube_dir)
+    kube_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(kube_dir, 0o700)
+    lab = lab or kube_dir.resolve().parent.name
+    cluster = f"knetlab-{lab}"
+    make_certs(kube_dir, cluster)
+    token = ensure_token(kube_dir)
+    text = kubeconfig_text(cluster, server_url, (kube_dir / "ca.crt").read_bytes(), token)
+    path = kube_dir / "kubeconfig"
+    if not path.exists() or path.read_text() != text:
+        _write(path, text)
+    return path
