@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser("check", help="prove the Kubernetes network model with real packets")
     _cluster_arg(ck)
-    ck.add_argument("--sample", type=int, metavar="K", help="K random peers per pod")
+    ck.add_argument("--sample", type=_positive_int, metavar="K", help="K random peers per pod")
     ck.set_defaults(func=cmd_check)
 
     cl = sub.add_parser("clean", help="remove everything knetlab created (only that)")
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("action", choices=["add", "delete"])
         sp.add_argument("name")
         if kind == "node":
-            sp.add_argument("--rack", type=int, default=1)
+            sp.add_argument("--rack", type=_positive_int, default=1)
         else:
             sp.add_argument("--node", help="the node to run the pod on (add)")
         sp.set_defaults(func=cmd_node if kind == "node" else cmd_pod)
@@ -113,7 +113,19 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.docker.cli",
     "knetlab.bgp.commands",
     "knetlab.overlays.ovs.commands",
+    "knetlab.kube.commands",
 ]
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number from 1 (argparse turns the error into usage + exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
 
 
 def _cluster_arg(p: argparse.ArgumentParser) -> None:

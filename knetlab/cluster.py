@@ -3,16 +3,20 @@
     with Cluster.load("topologies/default.yaml") as c:
         print(c.pod("pod-1-0").cmd("ping -c1", c.pod("pod-2-0").ip))
 
-Bring-up order: run dir -> (OVS for the underlay) -> underlay -> data plane setup ->
-nodes (uplink, sysctls, data plane, kubelet) -> data plane sync -> pods (CNI ADD, in
-parallel across nodes) -> state file. Any failure, or Ctrl-C, tears down what was built.
+Bring-up order: run dir -> Kubernetes control plane (etcd, API server, controllers; boots
+while the rest is built) -> (OVS for the underlay) -> underlay -> data plane setup -> nodes
+(uplink, sysctls, data plane, CNI, kubelet daemon) -> data plane sync -> topology pods (CNI
+ADD, in parallel across nodes; shown in the API as static pods' mirror pods) -> kubelets
+ready -> state file. Any failure, or Ctrl-C, tears down what was built.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,16 +24,19 @@ from typing import Any
 from mininet.net import Mininet
 
 from knetlab import clean
+from knetlab.addons import Addon, addons
 from knetlab.check import Report, endpoints, format_report, run_check
 from knetlab.dataplane import Backend, backends
 from knetlab.errors import KnetlabError, NotFoundError
+from knetlab.kube.controlplane import ControlPlane
 from knetlab.nodes.host import NetnsHost
 from knetlab.nodes.k8snode import K8sNode
-from knetlab.nodes.kubelet import Kubelet
+from knetlab.nodes.kubelet import CNI_PATHS, Kubelet
 from knetlab.nodes.pod import Pod
 from knetlab.ovs import OvsInstance
 from knetlab.rundir import RunDir, pid_alive
 from knetlab.store import Store, lab_store
+from knetlab.topologies.fields import NAME_MAX, NODE_NAME_MAX, name_problem
 from knetlab.topologies.schema import ClusterSpec, PodSpec, load_topology
 from knetlab.topologies.underlay import Underlay
 
@@ -49,6 +56,9 @@ class Cluster:
         self.pods: dict[str, Pod] = {}
         self.timings: dict[str, float] = {}
         self.store: Store | None = None  # the lab's control-plane store, once up
+        self.control: ControlPlane | None = None  # its Kubernetes, unless spec.kubernetes is off
+        self._kube: Any = None  # the official client, made on first use
+        self.addons: list[Addon] = []  # cluster services on top of Kubernetes (knetlab.addons)
 
     @classmethod
     def load(cls, path: str | Path) -> Cluster:
@@ -88,10 +98,42 @@ class Cluster:
 
     def _build(self) -> None:
         spec = self.spec
-        cls = backends()[spec.dataplane]
         self.net = Mininet(topo=None, build=False, controller=None, autoSetMacs=False,
                            autoStaticArp=False, waitConnected=False)
         self._write_state("starting")
+        t = time.monotonic()
+        with ThreadPoolExecutor(1) as boot:
+            control = boot.submit(self._start_control_plane) if spec.kubernetes else None
+            self._build_network()
+            if control is not None:
+                control.result()
+        self.timings["network"] = time.monotonic() - t
+        t = time.monotonic()
+        if self.control is not None:
+            for node in self.nodes.values():
+                self.control.start_kubelet(node, CNI_PATHS[spec.cni])
+        self._start_pods(spec.pods)
+        self.timings["pods"] = time.monotonic() - t
+        if self.control is not None:
+            t = time.monotonic()
+            self.control.wait_ready()
+            self.control.mirror_pods(list(self.pods.values()))
+            self.addons = [cls(self) for cls in addons().values()]
+            for addon in self.addons:
+                addon.start()
+                for node in self.nodes.values():
+                    addon.start_node(node)
+            self.timings["kubernetes"] = time.monotonic() - t
+        self._write_state("running")
+
+    def _start_control_plane(self) -> None:
+        self.control = ControlPlane(self.rundir, self.spec)
+        self.control.start()
+
+    def _build_network(self) -> None:
+        spec = self.spec
+        cls = backends()[spec.dataplane]
+        assert self.net is not None
         t = time.monotonic()
         if spec.switch == "ovs":
             self.ovs = OvsInstance(self.rundir, "underlay")
@@ -107,10 +149,6 @@ class Cluster:
             self._start_node(node_spec)
         self.backend.sync()
         self.timings["nodes"] = time.monotonic() - t
-        t = time.monotonic()
-        self._start_pods(spec.pods)
-        self.timings["pods"] = time.monotonic() - t
-        self._write_state("running")
 
     def _start_node(self, node_spec: Any) -> K8sNode:
         assert self.net is not None and self.underlay and self.backend
@@ -155,11 +193,43 @@ class Cluster:
 
     # -- live changes ----------------------------------------------------------------
     def add_pod(self, name: str, node: str) -> Pod:
+        """Add a pod to the running lab; on any failure the lab is left as it was."""
+        self._check_new_name("pod", name, NAME_MAX)
         self._known_node(node)
-        self._start_pods([PodSpec(name, node)])
-        self.spec.pods.append(PodSpec(name, node))
+        try:
+            self._start_pods([PodSpec(name, node)])
+            self.spec.pods.append(PodSpec(name, node))
+            if self.control is not None:
+                self.control.mirror_pods([self.pods[name]])
+        except BaseException:
+            self._undo_pod(name)
+            raise
         self._write_state("running")
         return self.pods[name]
+
+    def _undo_pod(self, name: str) -> None:
+        """Roll back a failed add_pod, each step tried whatever the others did."""
+        self.spec.pods = [p for p in self.spec.pods if p.name != name]
+        pod = self.pods.pop(name, None)
+        if pod is not None:
+            kubelet = self.nodes[pod.node_name].kubelet
+            if kubelet is not None:
+                _attempt(f"CNI DEL of pod {name}", kubelet.stop_pod_sandbox, pod)
+            _attempt(f"remove pod {name}", self._remove_host, pod)
+        if self.control is not None:
+            _attempt(f"delete mirror pod {name}", self.control.delete_mirror_pod, name)
+
+    def _check_new_name(self, kind: str, name: str, max_len: int) -> None:
+        """Live additions obey the topology's naming rules, and take no name in use."""
+        problem = name_problem(name, max_len, host=True)
+        if problem:
+            raise KnetlabError(f"cannot add {kind}: {problem}")
+        used = set(self.nodes) | set(self.pods)
+        if self.net is not None:
+            used |= set(self.net.nameToNode)  # routers, reflectors, containers
+        if name in used:
+            raise KnetlabError(f"cannot add {kind}: name {name} is already used in cluster "
+                               f"{self.spec.name}")
 
     def delete_pod(self, name: str) -> None:
         pod = self.pod(name)
@@ -168,23 +238,59 @@ class Cluster:
         kubelet.stop_pod_sandbox(pod)
         self._remove_host(pod)
         del self.pods[name]
+        if self.control is not None:
+            self.control.delete_mirror_pod(name)
         self.spec.pods = [p for p in self.spec.pods if p.name != name]
         self._write_state("running")
 
     def add_node(self, name: str, rack: int = 1) -> K8sNode:
-        if name in self.nodes or name in self.pods:
-            raise KnetlabError(f"name {name} is already used in cluster {self.spec.name}")
+        """Add a node to the running lab; on any failure the lab is left as it was."""
+        self._check_new_name("node", name, NODE_NAME_MAX)
         if not 1 <= rack <= self.spec.underlay.racks:
             raise KnetlabError(f"rack {rack} does not exist (1..{self.spec.underlay.racks})")
         node_spec = self.spec.add_node(name, rack)
-        node = self._start_node(node_spec)
-        assert self.backend
-        self.backend.sync()
+        try:
+            node = self._start_node(node_spec)
+            assert self.backend
+            self.backend.sync()
+            if self.control is not None:
+                self.control.start_kubelet(node, CNI_PATHS[self.spec.cni], wait=True)
+            for addon in self.addons:
+                addon.start_node(node)
+        except BaseException:
+            self._undo_node(name)
+            raise
         self._write_state("running")
         return node
 
+    def _undo_node(self, name: str) -> None:
+        """Roll back a failed add_node: delete_node's steps, each tried whatever the others
+        did (the node may be half built), then the other nodes forget it."""
+        self.spec.nodes = [n for n in self.spec.nodes if n.name != name]
+        node = self.nodes.pop(name, None)
+        if node is not None:
+            for addon in self.addons:
+                _attempt(f"stop {addon.name} on {name}", addon.stop_node, node)
+            if self.control is not None:
+                _attempt(f"remove node {name} from Kubernetes", self.control.remove_node, name)
+            if self.backend is not None:
+                _attempt(f"remove node {name} from the data plane", self.backend.remove_node,
+                         node)
+            if self.underlay is not None:
+                _attempt(f"detach node {name}", self.underlay.detach_node, node)
+            _attempt(f"remove node {name}", self._remove_host, node)
+            _attempt(f"forget {node.node_ip}", self._forget_address, node.node_ip)
+            # Its IPAM and CNI state must not greet a later node of the same name.
+            shutil.rmtree(self.rundir.node_dir(name), ignore_errors=True)
+        if self.backend is not None:
+            _attempt("re-sync the data plane", self.backend.sync)
+
     def delete_node(self, name: str) -> None:
         node = self._known_node(name)
+        for addon in self.addons:
+            addon.stop_node(node)
+        if self.control is not None:
+            self.control.remove_node(name)
         for pod in [p for p in self.pods.values() if p.node_name == name]:
             self._remove_host(pod)
             del self.pods[pod.name]
@@ -192,11 +298,21 @@ class Cluster:
         self.backend.remove_node(node)
         self.underlay.detach_node(node)
         self._remove_host(node)
+        self._forget_address(node.node_ip)
         del self.nodes[name]
         self.spec.nodes = [n for n in self.spec.nodes if n.name != name]
         self.spec.pods = [p for p in self.spec.pods if p.node != name]
         self.backend.sync()
         self._write_state("running")
+
+    def _forget_address(self, ip: str) -> None:
+        """A departed node's address comes back with another MAC (the next node added takes
+        the freed index): its neighbours must not keep sending to the old MAC until their
+        entry times out."""
+        assert self.net is not None
+        for host in self.net.hosts:
+            if isinstance(host, NetnsHost) and not isinstance(host, Pod):
+                host.run(["ip", "neigh", "flush", "to", ip], check=False)
 
     def _remove_host(self, host: NetnsHost) -> None:
         assert self.net is not None
@@ -207,6 +323,15 @@ class Cluster:
 
     # -- teardown ------------------------------------------------------------------
     def down(self) -> None:
+        for addon in self.addons:
+            try:
+                addon.stop()
+            except Exception:  # noqa: BLE001 - teardown goes on; clean removes the rest
+                log.exception("add-on %s failed to stop", addon.name)
+        self.addons = []
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
         if self.backend:
             try:
                 self.backend.teardown()
@@ -256,6 +381,44 @@ class Cluster:
         pods, nodes = endpoints(self.state())
         return run_check(pods, nodes, sample)
 
+    # -- Kubernetes ------------------------------------------------------------------
+    def _control(self) -> ControlPlane:
+        if self.control is None:
+            raise KnetlabError(f"cluster {self.spec.name} runs without Kubernetes "
+                               "(topology has `kubernetes: false`)")
+        return self.control
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self._control().kubeconfig
+
+    @property
+    def kube(self) -> Any:
+        """An official ``kubernetes`` client (``ApiClient``) for this lab's API server:
+        ``kubernetes.client.CoreV1Api(c.kube).list_namespaced_pod("default")``."""
+        if self._kube is None:
+            from kubernetes import config
+            self._kube = config.new_client_from_config(config_file=str(self.kubeconfig))
+        return self._kube
+
+    def apply(self, manifest: str | Path | dict[str, Any], namespace: str = "default"
+              ) -> list[dict[str, Any]]:
+        """Create (or update) every object of a manifest: a path, YAML text or one dict."""
+        import yaml
+        if isinstance(manifest, dict):
+            docs = [manifest]
+        else:
+            text = manifest
+            if isinstance(manifest, Path) or "\n" not in manifest:
+                text = Path(manifest).read_text()
+            docs = [d for d in yaml.safe_load_all(text) if d]
+        client = self._control().client
+        out = []
+        for doc in docs:
+            items = doc.get("items", []) if doc.get("kind", "").endswith("List") else [doc]
+            out += [client.apply(obj, namespace) for obj in items]
+        return out
+
     # -- requests from the CLI (through the supervisor) ----------------------------
     RPC = ("state", "add_node", "delete_node", "add_pod", "delete_pod", "check_report",
            "docker")
@@ -302,6 +465,9 @@ class Cluster:
         }
         if self.backend:
             out.update(self.backend.describe())
+        if self.control is not None:
+            out["kubernetes"] = self.control.describe()
+            out["daemons"] = [*out.get("daemons", []), *self.control.daemons()]
         return out
 
     def _write_state(self, phase: str) -> None:
@@ -310,3 +476,11 @@ class Cluster:
         match = Path(f"/proc/{me}/cmdline").read_bytes().split(b"\0")[0].decode()
         state.update(phase=phase, owner_pid=me, owner_match=match)
         self.rundir.write_state(state)
+
+
+def _attempt(what: str, fn: Callable[..., Any], *args: Any) -> None:
+    """One step of a rollback: a failure is logged and the rollback goes on."""
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - the remaining steps still have to run
+        log.exception("rollback: %s failed", what)

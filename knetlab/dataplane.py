@@ -37,6 +37,9 @@ class Backend:
     section: ClassVar[str | None] = None
     #: kernel features (see knetlab.kernel.FEATURES) checked before building
     kernel_features: ClassVar[tuple[str, ...]] = ()
+    #: CNI plugins only knetlab ships that this plane's CNI config needs (refused with
+    #: ``cni: reference``, whose plugin directory lacks them)
+    cni_plugins: ClassVar[tuple[str, ...]] = ()
     #: False if the data plane needs every node on one L2 segment
     routed_underlay_ok: ClassVar[bool] = True
     #: True if a segment underlay needs a router (a VPC router) for this plane

@@ -4,6 +4,9 @@ plus ``pods``, ``nodes``, ``routes NODE``, ``check``, ``status`` and the data pl
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
 from typing import TYPE_CHECKING, Any
 
 from mininet.cli import CLI
@@ -66,6 +69,15 @@ class KnetCLI(CLI):
         sample = int(args[0]) if args and args[0].isdigit() else None
         output(format_report(self.cluster.check(sample)) + "\n")
 
+    def do_kubectl(self, line: str) -> None:
+        """kubectl ARGS: kubectl against the lab's API server (its kubeconfig)."""
+        if self.cluster.control is None:
+            output("error: this lab runs without Kubernetes\n")
+            return
+        from knetlab.kube.commands import kubectl_binary
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.control.kubeconfig)}
+        subprocess.run([kubectl_binary(), *shlex.split(line)], env=env, check=False)
+
     def do_status(self, _line: str) -> None:
         """The lab's state as JSON (as ``knetlab status -o json``)."""
         state = self.cluster.state()
@@ -106,4 +118,8 @@ def summary(state: dict[str, Any]) -> str:
     if daemons:
         parts.append(_table([["DAEMON", "OWNER", "PID"]]
                             + [[d["name"], d["owner"], str(d["pid"])] for d in daemons]))
+    kube = state.get("kubernetes")
+    if kube:
+        parts.append(f"kubernetes: API server {kube['server']}, etcd {kube['etcd']}\n"
+                     f"  export KUBECONFIG={kube['kubeconfig']}   (or: knetlab kubectl ...)")
     return "\n\n".join(parts)

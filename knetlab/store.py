@@ -54,15 +54,19 @@ class Store:
             return 0
 
     def put(self, key: str, value: dict[str, Any], ttl: float | None = None) -> int:
+        path = self._path(key)
+        with self._locked():
+            return self._write(path, value, ttl)
+
+    def _write(self, path: Path, value: dict[str, Any], ttl: float | None) -> int:
+        """Replace the value at ``path`` and bump the revision; the caller holds the lock."""
         if ttl is not None:
             value = {**value, "expires": time.time() + ttl}
-        path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(value))
-            tmp.replace(path)
-            return self._bump()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(value))
+        tmp.replace(path)
+        return self._bump()
 
     def refresh(self, key: str, ttl: float) -> bool:
         """Extend a key's TTL without a new revision (as etcd's lease keep-alive): renewals
@@ -78,13 +82,16 @@ class Store:
         return True
 
     def create(self, key: str, value: dict[str, Any], ttl: float | None = None) -> bool:
-        """Put only if the key is absent (or expired): an atomic claim, as etcd's txn."""
+        """Put only if the key is absent (or expired): an atomic claim, as etcd's txn. The
+        check and the write happen under one hold of the lock, so of any number of racing
+        claims (threads or processes) exactly one wins."""
+        path = self._path(key)
         with self._locked():
-            current = self._read(self._path(key))
+            current = self._read(path)
             if current is not None and not _expired(current):
                 return False
-        self.put(key, value, ttl)
-        return True
+            self._write(path, value, ttl)
+            return True
 
     def get(self, key: str) -> dict[str, Any] | None:
         value = self._read(self._path(key))

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   mininet openvswitch-switch iproute2 iptables nftables iperf3 tcpdump ethtool
   iputils-ping containernetworking-plugins procps util-linux psmisc conntrack
-  python3-venv python3-yaml exabgp bird2 frr
+  python3-venv python3-yaml exabgp bird2 frr traceroute
+  etcd-server etcd-client nginx-light busybox dnsutils curl wget openssl
 )
 
 missing=()

@@ -203,7 +203,10 @@ def test_pod_lifecycle_in_process(run_base: Path, node_ns: str) -> None:
             put(pod)
         poll(lambda: set(client.deleted) == {"default/bad", "default/web"}, 10,
              "both deleted with grace 0")
-    k.queue.shutdown()
+        # Its threads must not outlive the test (they would act on later tests' pids).
+        k._stop.set()
+        k.queue.shutdown()
+        k.prober.stop()
     assert not (run_base / "nodes" / "n1" / "pods").exists() or not any(
         (run_base / "nodes" / "n1" / "pods").iterdir())
     assert not host_mounts_with(str(run_base))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from conftest import TOPOLOGIES, links, needs_root, write_topology
 
 from knetlab.cluster import Cluster
+from knetlab.errors import KnetlabError
 from knetlab.rundir import RunDir, pid_alive
 
 pytestmark = [needs_root, pytest.mark.e2e]
@@ -64,10 +66,9 @@ def test_leaf_spine_vpc_routes_passes_check(lab) -> None:
     assert c.check().ok
     tor = c.host("tor-1").run(["ip", "route"]).stdout
     assert "10.244.3.0/24 proto 77" in tor and "nexthop via" in tor  # ECMP to the spines
-    trace = c.pod("pod-1-0").cmd("traceroute -n -w1 -q1", c.pod("pod-4-0").ip) \
-        if subprocess.run(["which", "traceroute"], capture_output=True).returncode == 0 else ""
-    if trace:
-        assert "192.168.255." in trace  # crossed a spine
+    assert shutil.which("traceroute"), "traceroute is missing: run scripts/setup.sh"
+    trace = c.pod("pod-1-0").cmd("traceroute -n -w1 -q1", c.pod("pod-4-0").ip)
+    assert "192.168.255." in trace, trace  # crossed a spine
 
 
 def test_reference_plugins_and_ovs_switch(lab, tmp_path: Path) -> None:
@@ -91,6 +92,37 @@ def test_live_node_and_pod_changes(lab, tmp_path: Path) -> None:
     c.delete_node("node-9")
     assert "10.244.3.0/24" not in c.node("node-1").run(["ip", "route"]).stdout
     assert c.check().ok
+
+    # Failed live additions roll back: the lab is left as it was, the name stays free.
+    def shape() -> tuple[object, ...]:
+        return (other_links(c.rundir.tag), set(c.net.nameToNode), list(c.nodes), list(c.pods),
+                [n.name for n in c.spec.nodes], [p.name for p in c.spec.pods],
+                c.node("node-1").run(["ip", "route"]).stdout)
+    before = shape()
+    for bad in ("averyverylongnode", "tor-1", "node-1"):
+        with pytest.raises(KnetlabError, match="cannot add node"):
+            c.add_node(bad)
+    runtime = c.node("node-1").kubelet.runtime
+    plugins, runtime.cni_path = runtime.cni_path, [str(tmp_path)]  # CNI ADD fails, netns made
+    with pytest.raises(KnetlabError, match="doomed"):
+        c.add_pod("doomed", "node-1")
+    runtime.cni_path = plugins
+    sync, calls = c.backend.sync, []
+
+    def failing_sync() -> None:  # the node is half built (uplink, data plane) when this fails
+        calls.append(1)
+        if len(calls) == 1:
+            raise KnetlabError("injected sync failure")
+        sync()
+    c.backend.sync = failing_sync
+    with pytest.raises(KnetlabError, match="injected"):
+        c.add_node("node-7")
+    c.backend.sync = sync
+    assert shape() == before
+    c.add_node("node-7")
+    c.add_pod("doomed", "node-7")
+    report = c.check()
+    assert report.ok, [(f.src.name, f.dst.name, f.error) for f in report.failures]
 
 
 def test_bring_up_failure_leaves_nothing(tmp_path: Path) -> None:

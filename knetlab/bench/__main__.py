@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ["bringup", "flannel", "docker", "calico", "ovs"]  # knetlab.bench modules, in run order
+BENCHES = ["bringup", "flannel", "docker", "calico", "ovs", "kube"]  # modules, in run order
 
 
 def main() -> int:

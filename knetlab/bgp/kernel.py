@@ -24,11 +24,13 @@ import threading
 from knetlab.bgp.messages import BgpPath
 
 PROTO = "bird"  # rt_protos 12: what Calico's BIRD uses, so `ip route` reads the same
+IP_TIMEOUT = 30  # one-shot `ip` runs (the long-lived `ip -batch` has none)
 
 
 def _ip(args: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
     # The API program runs inside its namespace already: plain ip, no nsenter.
-    return subprocess.run(["ip", *args], input=input, capture_output=True, text=True)
+    return subprocess.run(["ip", *args], input=input, capture_output=True, text=True,
+                          timeout=IP_TIMEOUT)
 
 
 class IpBatch:

@@ -1,23 +1,28 @@
 """What knetlab's CNI plugins share: running a program, ``ip -batch``, names and MACs.
 
 Plugins are executed once per pod, so their start-up time is the cost of a pod: this
-module imports nothing but ``os`` and ``zlib`` (no subprocess, hashlib, ipaddress or
-re, which together cost a plugin ~20 ms per run) and spawns with ``posix_spawnp``.
+module imports nothing but ``os``, ``select``, ``time`` and ``zlib`` (no subprocess,
+hashlib, ipaddress or re, which together cost a plugin ~20 ms per run) and spawns with
+``posix_spawnp``.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import time
 import zlib
 
 from knetlab.cni.types import CNIError
 
+RUN_TIMEOUT = 60.0  # a plugin or an `ip` that hangs must not hang the pod's set-up
+TIMED_OUT = 124  # the exit code timeout(1) uses
 
-def run(argv: list[str], input_text: str = "",
-        env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run argv with ``input_text`` on stdin; return (exit code, stdout, stderr).
-    For small outputs (ip, iptables): stderr is read after stdout, which is safe while
-    the program writes less than a pipe's 64 KiB to stderr before closing stdout."""
+
+def run(argv: list[str], input_text: str = "", env: dict[str, str] | None = None,
+        timeout: float = RUN_TIMEOUT) -> tuple[int, str, str]:
+    """Run argv with ``input_text`` on stdin; return (exit code, stdout, stderr). Past
+    ``timeout`` seconds the program is killed and the exit code is TIMED_OUT."""
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -36,17 +41,35 @@ def run(argv: list[str], input_text: str = "",
     while data:
         data = data[os.write(in_w, data):]
     os.close(in_w)
-    out, err = _read_all(out_r), _read_all(err_r)
+    out, err, finished = _read_until(out_r, err_r, time.monotonic() + timeout)
+    if not finished:
+        os.kill(pid, 9)
     _, status = os.waitpid(pid, 0)
+    if not finished:
+        return TIMED_OUT, out, f"{err}{argv[0]}: timed out after {timeout:g}s"
     return os.waitstatus_to_exitcode(status), out, err
 
 
-def _read_all(fd: int) -> str:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks).decode(errors="replace")
+def _read_until(out_fd: int, err_fd: int, deadline: float) -> tuple[str, str, bool]:
+    """Read stdout and stderr to their ends (both at once: a full pipe cannot block the
+    program), or until the deadline; True if both ended in time."""
+    chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    open_fds = [out_fd, err_fd]
+    while open_fds:
+        left = deadline - time.monotonic()
+        ready = select.select(open_fds, [], [], left)[0] if left > 0 else []
+        if not ready:
+            break
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if chunk:
+                chunks[fd].append(chunk)
+            else:
+                open_fds.remove(fd)
+    for fd in (out_fd, err_fd):
+        os.close(fd)
+    out, err = (b"".join(chunks[fd]).decode(errors="replace") for fd in (out_fd, err_fd))
+    return out, err, not open_fds
 
 
 def ip_batch(lines: list[str], netns: str | None, what: str, code: int,

@@ -276,6 +276,11 @@ def _ns_inode(pid: int, kind: str) -> int | None:
 
 
 def _processes_in_mnt(inode: int) -> list[int]:
+    """Processes in the pod's mount namespace; none if that is the machine's own (a pause
+    caught before it unshared, or a reused pid): never a sweep of the whole machine."""
+    if inode in (_ns_inode(os.getpid(), "mnt"), _ns_inode(1, "mnt")):
+        log.warning("refusing to kill processes of the host's mount namespace")
+        return []
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and _ns_inode(int(entry), "mnt") == inode:

@@ -56,6 +56,11 @@ def pool_settings(spec: ClusterSpec, f: Fields) -> tuple[str, int]:
     except ValueError:
         raise f.error("pool", f"{pool!r} is not an IPv4 network",
                       "write a CIDR such as 10.244.0.0/16") from None
+    for name, net in (("underlay.cidr", spec.underlay.cidr), ("serviceCIDR", spec.service_cidr)):
+        if net.overlaps(ipaddress.IPv4Network(pool)):
+            # Pod addresses inside the node network would shadow node and router routes.
+            raise f.error("pool", f"pool {pool} overlaps {name} {net}",
+                          f"choose a pool outside {net}, such as the podCIDR {spec.pod_cidr}")
     size = f.int("blockSize", 26, lo=20, hi=32)
     if size < ipaddress.IPv4Network(pool).prefixlen:
         raise f.error("blockSize", f"/{size} blocks do not fit in pool {pool}",
@@ -76,6 +81,8 @@ class CalicoIpamBackend(Backend):
     """What every Calico plane shares: pods wired by the calico plugin with addresses from
     calico-ipam blocks of one pool, kept in the lab's store."""
     MTU: ClassVar[int] = 1500  # the pods' MTU (tunnelling planes subtract their header)
+    #: knetlab's own plugins: not among the reference ones (``cni: reference`` is refused)
+    cni_plugins: ClassVar[tuple[str, ...]] = ("calico", "calico-ipam")
 
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
@@ -123,11 +130,14 @@ class CalicoBgpBackend(CalicoIpamBackend):
                 "blockSize", *(["ipipMode"] if cls.encap == "ipip" else [])])
         leaf = spec.underlay.type == "leaf-spine"
         mode = f.str("mode", "tor" if leaf else "mesh", choices=["mesh", "rr", "tor"])
-        if (mode == "tor") != leaf and cls.encap == "none":
-            raise f.error("mode", f"bgp.mode {mode} does not fit underlay.type "
-                          f"{spec.underlay.type}: on leaf-spine the fabric must learn pod "
-                          "routes (tor), and tor needs racks",
-                          "use mode: tor on leaf-spine, mesh or rr on a segment")
+        if mode == "tor" and not leaf:
+            raise f.error("mode", "mode tor peers each node with its rack's ToR, but "
+                          "underlay.type segment has no racks or ToRs",
+                          "use mode: mesh or rr on a segment, or underlay.type: leaf-spine")
+        if leaf and mode != "tor" and cls.encap == "none":  # tunnels need no fabric routes
+            raise f.error("mode", f"mode {mode} on leaf-spine: without encapsulation the "
+                          "fabric must learn pod routes, which only mode tor gives it",
+                          "use mode: tor on leaf-spine, or dataplane calico-ipip")
         cluster_id = f.str("clusterId", "") or None
         if cluster_id:
             try:

@@ -10,7 +10,27 @@ from typing import Any
 from knetlab.errors import ConfigError
 from knetlab.topologies.yamlsrc import LineDict, LineList
 
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_NAME = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")  # a DNS label, as Kubernetes names
+NAME_MAX = 31
+#: A node's uplink is ``<node>-eth0`` and Linux interface names hold 15 characters.
+NODE_NAME_MAX = 15 - len("-eth0")
+#: Hosts knetlab itself adds to a lab (ToRs, spines, route reflectors, the VPC router).
+_RESERVED = re.compile(r"^((tor|spine|rr)-[0-9]+|vpc-router)$")
+
+
+def name_problem(value: str, max_len: int = NAME_MAX, host: bool = False) -> str | None:
+    """Why ``value`` cannot name a lab, node or pod (``host``: one of the lab's hosts), or
+    None. Shared by the topology and by live ``node add`` / ``pod add``."""
+    if not _NAME.match(value):
+        return (f"{value!r} is not a valid name: use lowercase letters, digits and '-', "
+                "starting with a letter and ending with a letter or digit")
+    if len(value) > max_len:
+        why = " (its uplink <name>-eth0 must fit a 15-character interface name)" \
+            if max_len == NODE_NAME_MAX else ""
+        return f"{value!r} is longer than {max_len} characters{why}"
+    if host and _RESERVED.match(value):
+        return f"{value!r} is the name of a host knetlab adds itself"
+    return None
 
 
 class Fields:
@@ -22,7 +42,7 @@ class Fields:
             data.lines = {}
             data.line = line
         if not isinstance(data, dict):
-            raise ConfigError(f"must be a mapping, not {type(data).__name__}", file=file,
+            raise ConfigError(f"must be a mapping, not {_kind(data)}", file=file,
                               line=getattr(data, "line", line) or None, field=path or "(top)",
                               fix="write key: value pairs here")
         self.data, self.file, self.path = data, file, path
@@ -67,12 +87,14 @@ class Fields:
                              f"use one of {', '.join(choices)}")
         return value
 
-    def name(self, key: str, default: str | None = None) -> str:
+    def name(self, key: str, default: str | None = None, max_len: int = NAME_MAX,
+             host: bool = False) -> str:
         value = self.str(key, default)
-        if not _NAME.match(value):
-            raise self.error(key, f"{value!r} is not a valid name",
-                             "use lowercase letters, digits and '-', starting with a letter, "
-                             "at most 31 characters")
+        problem = name_problem(value, max_len, host)
+        if problem:
+            avoid = " other than tor-N, spine-N, rr-N and vpc-router" if host else ""
+            raise self.error(key, problem, f"use a name of at most {max_len} lowercase letters, "
+                             f"digits and '-'{avoid}")
         return value
 
     def int(self, key: str, default: int | None = None, lo: int | None = None,
@@ -107,6 +129,15 @@ class Fields:
     def list(self, key: str) -> LineList:
         value = self.data.get(key)
         if not isinstance(value, list):
-            raise self.error(key, f"must be a list, not {type(value).__name__}",
+            raise self.error(key, f"must be a list, not {_kind(value)}",
                              "write a YAML list (- item)")
         return value  # type: ignore[return-value]
+
+
+def _kind(value: Any) -> str:
+    """A YAML reader's word for a value's type (LineList is a list to them)."""
+    for kind, word in ((bool, "true/false"), (dict, "a mapping"), (list, "a list"),
+                       (str, "a string"), (int, "a number"), (float, "a number")):
+        if isinstance(value, kind):
+            return word
+    return "empty" if value is None else type(value).__name__

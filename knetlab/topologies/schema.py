@@ -14,11 +14,11 @@ from typing import Any
 
 from knetlab import kernel
 from knetlab.errors import ConfigError, UnsupportedError
-from knetlab.topologies.fields import Fields
+from knetlab.topologies.fields import NODE_NAME_MAX, Fields
 from knetlab.topologies.yamlsrc import load_yaml
 
 TOP_KEYS = ["name", "podCIDR", "podSubnetLen", "serviceCIDR", "dnsDomain", "dataplane",
-            "switch", "cni", "underlay", "nodes", "pods"]
+            "switch", "cni", "underlay", "nodes", "pods", "kubernetes"]
 NODE_HOST_OFFSET = 10  # node k gets the (10+k)-th address of its subnet; .1 is the router
 
 
@@ -67,6 +67,9 @@ class ClusterSpec:
     switch: str
     cni: str
     underlay: Underlay
+    #: run the lab's Kubernetes (etcd, API server, controllers, kubelets); off only for
+    #: data-plane measurements that want nothing else on the machine
+    kubernetes: bool = True
     nodes: list[NodeSpec] = field(default_factory=list)
     pods: list[PodSpec] = field(default_factory=list)
     dataplane_settings: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +125,7 @@ def load_topology(path: str | Path) -> ClusterSpec:
         switch=top.str("switch", "linuxbridge", choices=["linuxbridge", "ovs"]),
         cni=top.str("cni", "knetlab", choices=["knetlab", "reference"]),
         underlay=_underlay(top.sub("underlay")),
+        kubernetes=top.bool("kubernetes", True),
         lines=dict(getattr(top.data, "lines", {})),
     )
     if spec.pod_subnet_len <= spec.pod_cidr.prefixlen:
@@ -176,7 +180,7 @@ def _nodes(spec: ClusterSpec, top: Fields) -> None:
         for i, item in enumerate(raw):
             f = Fields(item, spec.file, f"nodes[{i}]", top.where("nodes") or 0)
             f.only(["name", "rack"])
-            name = f.name("name")
+            name = f.name("name", max_len=NODE_NAME_MAX, host=True)
             if name in seen:
                 raise f.error("name", f"node {name!r} is listed twice",
                               "give each node its own name")
@@ -213,7 +217,7 @@ def _pods(spec: ClusterSpec, top: Fields) -> None:
         for i, item in enumerate(raw):
             f = Fields(item, spec.file, f"pods[{i}]", top.where("pods") or 0)
             f.only(["name", "node"])
-            name, node = f.name("name"), f.str("node")
+            name, node = f.name("name", host=True), f.str("node")
             if node not in names:
                 raise f.error("node", f"no node named {node!r}",
                               f"use one of {', '.join(sorted(names))}")
@@ -240,15 +244,31 @@ def _dataplane(spec: ClusterSpec, top: Fields) -> None:
         raise top.error("dataplane", f"unknown data plane {spec.dataplane!r}",
                         f"use one of {', '.join(sorted(known))}")
     backend = known[spec.dataplane]
-    for feature in backend.kernel_features:
-        try:
-            kernel.require(feature, f"data plane {spec.dataplane}")
-        except UnsupportedError as exc:
-            raise top.error("dataplane", str(exc), "pick a data plane this kernel supports"
-                            ) from None
     for other in {b.section for b in known.values() if b.section} - {backend.section}:
         if top.has(other):
             raise top.error(other, f"settings for another data plane (dataplane is "
                             f"{spec.dataplane})", f"remove {other} or change dataplane")
     section = top.sub(backend.section) if backend.section else Fields(None, spec.file, "")
     spec.dataplane_settings = backend.validate(spec, section)
+    _cni_plugins(spec, top, backend.cni_plugins)
+    # After the file's own errors: those are worth fixing whatever the machine.
+    for feature in backend.kernel_features:
+        try:
+            kernel.require(feature, f"data plane {spec.dataplane}")
+        except UnsupportedError as exc:
+            raise top.error("dataplane", str(exc), "pick a data plane this kernel supports"
+                            ) from None
+
+
+def _cni_plugins(spec: ClusterSpec, top: Fields, plugins: tuple[str, ...]) -> None:
+    """The data plane's CNI plugins must be in the plugin set ``cni`` chooses: knetlab's
+    calico or ovs plugin is not among the reference plugins, and would fail at the first pod
+    instead of here."""
+    from knetlab.nodes.kubelet import CNI_PATHS
+    dirs = CNI_PATHS[spec.cni]
+    missing = [p for p in plugins if not any((Path(d) / p).is_file() for d in dirs)]
+    if missing:
+        raise top.error("cni", f"data plane {spec.dataplane} needs the CNI plugin(s) "
+                        f"{', '.join(missing)}, which cni: {spec.cni} does not have (looked in "
+                        f"{', '.join(dirs)})", "remove `cni: reference` (use knetlab's plugins)"
+                        if spec.cni == "reference" else "install the plugins")

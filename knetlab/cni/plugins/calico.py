@@ -15,7 +15,7 @@ import ipaddress
 import subprocess
 
 from knetlab.cni.invoke import delegate
-from knetlab.cni.netutil import ip_batch
+from knetlab.cni.netutil import RUN_TIMEOUT, ip_batch
 from knetlab.cni.plugins.bridge import VETH_FAILED
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
@@ -89,7 +89,7 @@ def delete(args: Args) -> None:
     delegate(conf["ipam"]["type"], "DEL", conf)
     # Deleting the host end removes the pod end and the /32 route with it.
     subprocess.run(["ip", "link", "del", host_veth_name(args.container_id, args.ifname)],
-                   capture_output=True)
+                   capture_output=True, timeout=RUN_TIMEOUT)
 
 
 def check(args: Args) -> None:
@@ -97,7 +97,7 @@ def check(args: Args) -> None:
     delegate(conf["ipam"]["type"], "CHECK", conf)
     veth = host_veth_name(args.container_id, args.ifname)
     shown = subprocess.run(["ip", "-o", "route", "show", "dev", veth], capture_output=True,
-                           text=True)
+                           text=True, timeout=RUN_TIMEOUT)
     if shown.returncode or "scope link" not in shown.stdout:
         raise CNIError(VETH_FAILED, f"calico: no host route through {veth}")
 

@@ -24,7 +24,7 @@ import subprocess
 import time
 
 from knetlab.cni.invoke import delegate
-from knetlab.cni.netutil import ip_batch, local_mac, mac_for, pod_lines
+from knetlab.cni.netutil import RUN_TIMEOUT, ip_batch, local_mac, mac_for, pod_lines
 from knetlab.cni.plugins.bridge import host_veth_name
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
@@ -59,7 +59,11 @@ def _pod_name(args: Args) -> str:
 
 
 def _run(argv: list[str], what: str, code: int, check: bool = True) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise CNIError(code, f"failed to {what}", f"timed out after {RUN_TIMEOUT:g}s"
+                       ) from None
     if check and proc.returncode != 0:
         raise CNIError(code, f"failed to {what}", (proc.stderr or proc.stdout).strip())
     return proc.stdout
@@ -108,7 +112,8 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
          f"turn off tx checksum offload on {args.ifname}", VETH_FAILED)
     nft = (f"table netdev {NFT_TABLE} {{}}\nadd chain netdev {NFT_TABLE} in-{veth} {{ type "
            f"filter hook ingress device \"{veth}\" priority 0; policy drop; }}\n")
-    proc = subprocess.run(["nft", "-f", "-"], input=nft, capture_output=True, text=True)
+    proc = subprocess.run(["nft", "-f", "-"], input=nft, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)
     if proc.returncode != 0:
         raise CNIError(VETH_FAILED, f"failed to add the ingress drop on {veth}", proc.stderr)
     ofport = POD_PORT_BASE + int(addr.ip) - int(ipaddress.IPv4Network(conf["podCIDR"])
@@ -161,8 +166,8 @@ def _unwire(args: Args, conf: dict[str, Any]) -> None:
     veth = host_veth_name(args.container_id, args.ifname)
     _vsctl(conf, "--if-exists", "del-port", conf.get("bridge", "br-int"), veth, check=False)
     subprocess.run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"],
-                   capture_output=True)
-    subprocess.run(["ip", "link", "del", veth], capture_output=True)
+                   capture_output=True, timeout=RUN_TIMEOUT)
+    subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=RUN_TIMEOUT)
 
 
 def delete(args: Args) -> None:

@@ -108,7 +108,10 @@ class Rest:
         """The decoded body and its media type."""
         if (request.content_length or 0) > MAX_BODY:
             raise too_large()
-        raw = await request.content.read(MAX_BODY + 1)
+        try:  # the whole body (content.read(n) returns only what has arrived so far)
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large() from None
         if len(raw) > MAX_BODY:
             raise too_large()
         ctype = request.content_type or "application/json"
@@ -423,12 +426,13 @@ class Rest:
                 raise conflict(pods, name, f"pod {name} is already assigned to node "
                                f'"{spec["nodeName"]}"')
             spec["nodeName"] = node
-            conds = cur.setdefault("status", {}).setdefault("conditions", [])
-            if not any(c.get("type") == "PodScheduled" for c in conds):
-                conds.append({"type": "PodScheduled", "status": "True",
-                              "lastProbeTime": None,
-                              "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                  time.gmtime())})
+            status = cur.setdefault("status", {})
+            # Replaces an earlier PodScheduled=False (Unschedulable), as upstream does.
+            status["conditions"] = [c for c in status.get("conditions", [])
+                                    if c.get("type") != "PodScheduled"]
+            status["conditions"].append({
+                "type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
             return cur
         await self.reg.patch(pods, ns, name, bind, "binding")
         return reply(status_success(), 201)

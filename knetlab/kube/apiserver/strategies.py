@@ -24,6 +24,14 @@ Obj = dict[str, Any]
 KEEP_STATUS_ON_CREATE = {"Node", "Event", "Lease", "EndpointSlice", "Endpoints"}
 
 
+ZERO_STATUS: dict[str, Obj] = {
+    "ReplicaSet": {"replicas": 0},
+    "StatefulSet": {"replicas": 0, "availableReplicas": 0},
+    "DaemonSet": {"currentNumberScheduled": 0, "desiredNumberScheduled": 0,
+                  "numberMisscheduled": 0, "numberReady": 0},
+}
+
+
 def prepare_create(res: Resource, obj: Obj) -> None:
     kind = res.kind
     if kind == "Pod":
@@ -33,7 +41,9 @@ def prepare_create(res: Resource, obj: Obj) -> None:
     elif kind == "Service":
         obj["status"] = {"loadBalancer": {}}
     elif "status" in res.subresources and kind not in KEEP_STATUS_ON_CREATE:
-        obj["status"] = {}
+        # The zero counts kube-apiserver always sends (they are required in the official
+        # client's models: it rejects a StatefulSet whose status lacks "replicas").
+        obj["status"] = dict(ZERO_STATUS.get(kind, {}))
     if kind == "Job":
         job_selector(obj)
 

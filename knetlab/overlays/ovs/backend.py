@@ -37,6 +37,7 @@ CONNECT_TIMEOUT = 15.0  # seconds for every br-int to connect and be programmed
 
 class OvsBackend(Backend):
     section: ClassVar[str | None] = "ovs"
+    cni_plugins: ClassVar[tuple[str, ...]] = ("ovs",)
     tunnel: ClassVar[str]
 
     def __init__(self, cluster: Cluster) -> None:
