@@ -217,13 +217,20 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    rd, state = running_lab(args.cluster)
+def live_state(cluster: str | None) -> tuple[RunDir, dict[str, Any]]:
+    """A lab's state, live from its supervisor (controller state, leases, the API's pods);
+    else the last state file (a lab run from Python has no supervisor)."""
+    rd, state = running_lab(cluster)
     from knetlab.supervisor import request
-    try:  # live from the supervisor (controller state, leases); else the last state file
+    try:
         state = {**state, **request(rd, "state", timeout=10)}
     except KnetlabError:
         pass
+    return rd, state
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rd, state = live_state(args.cluster)
     if "cluster" not in state:  # caught between phases of a bring-up
         print(f"{rd.cluster}: {state.get('phase', 'unknown')} (owner pid {state.get('owner_pid')})")
         return 0
@@ -237,7 +244,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    _, state = running_lab(args.cluster)
+    _, state = live_state(args.cluster)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise KnetlabError("usage: knetlab exec NAME -- COMMAND [ARGS...]")
@@ -251,7 +258,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from knetlab.check import endpoints, format_report, run_check
-    _, state = running_lab(args.cluster)
+    _, state = live_state(args.cluster)
     pods, nodes = endpoints(state)
     report = run_check(pods, nodes, args.sample)
     print(format_report(report))

@@ -32,7 +32,7 @@ from knetlab.kube.controlplane import ControlPlane
 from knetlab.nodes.host import NetnsHost
 from knetlab.nodes.k8snode import K8sNode
 from knetlab.nodes.kubelet import CNI_PATHS, Kubelet
-from knetlab.nodes.pod import Pod
+from knetlab.nodes.pod import ApiPod, Pod
 from knetlab.ovs import OvsInstance
 from knetlab.rundir import RunDir, pid_alive
 from knetlab.store import Store, lab_store
@@ -468,7 +468,36 @@ class Cluster:
         if self.control is not None:
             out["kubernetes"] = self.control.describe()
             out["daemons"] = [*out.get("daemons", []), *self.control.daemons()]
+            if self.net is not None and self.rundir.exists():
+                for p in self._api_pods():
+                    out["pods"].append({"name": p["name"], "node": p["node"], "ip": p["ip"],
+                                        "source": "api"})
+                    hosts[p["name"]] = {"pid": p["pid"], "kind": "pod"}
         return out
+
+    def _api_pods(self) -> list[dict[str, Any]]:
+        """The API's running pods, not the topology's (an API that is down lists none)."""
+        assert self.control is not None
+        try:
+            return [p for p in self.control.running_pods() if p["name"] not in self.pods]
+        except (KnetlabError, OSError) as exc:
+            log.warning("cannot list the API's pods: %s", exc)
+            return []
+
+    def sync_api_hosts(self) -> None:
+        """Mininet hosts for the API's running pods (``web-0 ping web-1`` in the CLI); hosts
+        of pods that are gone are dropped."""
+        if self.control is None or self.net is None:
+            return
+        live = {p["name"]: p for p in self._api_pods()}
+        for host in [h for h in self.net.hosts if isinstance(h, ApiPod)]:
+            p = live.get(host.name)
+            if p is None or p["pid"] != host.sandbox_pid:
+                self._remove_host(host)
+        for name, p in live.items():
+            if name not in self.net.nameToNode:
+                self.net.addHost(name, cls=ApiPod, rundir=self.rundir, node=p["node"],
+                                 sandbox_pid=p["pid"], ip=p["ip"])
 
     def _write_state(self, phase: str) -> None:
         state = self.state() if self.net is not None else {}  # (Mininet has __len__)

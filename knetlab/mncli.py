@@ -40,6 +40,11 @@ class KnetCLI(CLI):
                 output(f"error: {exc}\n")
         return do
 
+    def default(self, line: str) -> None:
+        """``NAME CMD``: as Mininet's, with the API's pods as hosts too (``web-0 ping web-1``)."""
+        self.cluster.sync_api_hosts()
+        super().default(line)
+
     def do_pods(self, _line: str) -> None:
         """List pods: name, node, IP."""
         output(summary_pods(self.cluster.state()) + "\n")

@@ -389,3 +389,31 @@ pods: {perNode: 0}
         assert out == remote["metadata"]["name"]
     finally:
         c.down()
+
+
+def test_live_node_add_and_delete_move_pods(tmp_path: Path) -> None:
+    """`node add` registers a Ready Node; `node delete` removes it, and the pods it ran are
+    recreated on the remaining nodes by their controller (PodGC + ReplicaSet)."""
+    path = write_topology(tmp_path, """
+name: kube-live
+nodes: {count: 2}
+pods: {perNode: 0}
+""")
+    c = Cluster.load(path)
+    c.up()
+    try:
+        k = Kubectl(c.kubeconfig, kubectls()[0])
+        c.add_node("node-3")
+        poll(lambda: any(n["metadata"]["name"] == "node-3" and ready(n)
+                         for n in k.json("get", "nodes")["items"]), 30, "node-3 Ready")
+        k("create", "deployment", "spread", "--image=busybox", "--replicas=3", "--",
+          "sleep", "infinity")
+        pods = wait_ready(k, "app=spread", 3)
+        assert {p["spec"]["nodeName"] for p in pods} == {"node-1", "node-2", "node-3"}
+        c.delete_node("node-2")
+        assert "node-2" not in k("get", "nodes")
+        poll(lambda: len(moved := [p for p in pods_of(k, "app=spread") if ready(p)]) == 3
+             and all(p["spec"]["nodeName"] != "node-2" for p in moved), 60,
+             "node-2's pod recreated elsewhere")
+    finally:
+        c.down()

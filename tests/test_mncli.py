@@ -36,3 +36,42 @@ def test_cluster_commands_and_pods_as_hosts(lab, tmp_path: Path) -> None:
     assert "6/6 probes passed" in out
     assert "usage: routes NODE" in out
     assert "no pod, node or router 'nowhere'" in out
+
+
+def test_api_pods_are_hosts_and_kubectl_runs(lab, tmp_path: Path, capfd) -> None:
+    """Pods made through the API (here by a StatefulSet) are Mininet hosts like the topology's:
+    ``web-0 ping web-1``; ``kubectl`` runs with the lab's kubeconfig."""
+    from conftest import poll
+
+    c = lab(write_topology(tmp_path, "name: lab-mncli-k\nnodes: {count: 2}\npods: {perNode: 0}\n"))
+    c.apply("""
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: busybox, command: [sleep, infinity]}]
+""")
+    poll(lambda: len(c.control.running_pods()) == 2, 60, "web-0 and web-1 running")
+    script = tmp_path / "cmds"
+    script.write_text("pods\nweb-0 ping -c1 -W2 web-1\nweb-1 hostname\nkubectl get pods\n")
+    seen = io.StringIO()
+    handler = logging.StreamHandler(seen)
+    lg.addHandler(handler)
+    try:
+        with open("/dev/null") as devnull:
+            KnetCLI(c, stdin=devnull, script=str(script))
+    finally:
+        lg.removeHandler(handler)
+    out = seen.getvalue()
+    web1 = next(p for p in c.control.running_pods() if p["name"] == "web-1")
+    assert f"web-1  {web1['node']}  {web1['ip']}" in out
+    assert "1 received" in out, out
+    assert "\nweb-1" in out  # its own UTS namespace: hostname = pod name
+    kubectl_out = capfd.readouterr().out  # kubectl writes to the terminal, not the logger
+    assert "web-0" in kubectl_out and "Running" in kubectl_out

@@ -123,6 +123,29 @@ class ControlPlane:
             if exc.code != 404:
                 raise
 
+    # -- pods the API runs, as the rest of knetlab sees them ------------------------------
+    def running_pods(self) -> list[dict[str, Any]]:
+        """Pods the kubelets run with their own network (mirror and hostNetwork pods left
+        out): name (``name`` in default, ``name.namespace`` elsewhere, as Mininet needs one
+        word), namespace, node, ip and the pid of the sandbox holding the namespaces."""
+        from knetlab.errors import NotFoundError
+        from knetlab.kube.runtime import sandbox_pid
+        out = []
+        for pod in self.client.list("pods").get("items", []):
+            meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+            if (MIRROR in (meta.get("annotations") or {}) or spec.get("hostNetwork")
+                    or not status.get("podIP") or meta.get("deletionTimestamp")):
+                continue
+            try:
+                pid = sandbox_pid(self.rundir, pod)
+            except NotFoundError:
+                continue
+            ns = meta.get("namespace", "default")
+            out.append({"name": meta["name"] if ns == "default" else f"{meta['name']}.{ns}",
+                        "namespace": ns, "node": spec.get("nodeName", ""),
+                        "ip": status["podIP"], "pid": pid})
+        return out
+
     # -- topology pods: static pods, seen in the API through their mirror pods ----------
     def mirror_pods(self, pods: list[Pod]) -> None:
         """Show pods the topology file made (wired by CNI before the API knew them) as the

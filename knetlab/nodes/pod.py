@@ -44,3 +44,28 @@ class Pod(NetnsHost):
 
     def IP(self, intf: Any = None) -> str:  # noqa: N802 - Mininet's name
         return self.ip
+
+
+class ApiPod(NetnsHost):
+    """A pod the API created (kubectl, a controller), shown to Mininet as a host.
+
+    The kubelet owns the sandbox; this host is only a shell entered into the pod's network,
+    UTS and mount namespaces (``nsenter`` before Mininet's ``mnexec``), so that the Mininet
+    CLI can run ``web-0 ping web-1`` as it does for any host. The kubelet's teardown of the
+    pod kills the shell with the pod's other processes.
+    """
+
+    def __init__(self, name: str, rundir: RunDir, node: str, sandbox_pid: int, ip: str,
+                 **params: Any) -> None:
+        self.sandbox_pid = sandbox_pid
+        super().__init__(name, rundir, inNamespace=False, **params)
+        self.node_name, self.ip = node, ip
+        intf = Intf("eth0", node=self, moveIntfFn=_no_move)
+        intf.ip, intf.prefixLen = ip, 32
+
+    def _popen(self, cmd: list[str], **params: Any) -> Any:
+        enter = ["nsenter", f"--target={self.sandbox_pid}", "--net", "--uts", "--mount", "--"]
+        return super()._popen(enter + list(cmd), **params)
+
+    def IP(self, intf: Any = None) -> str:  # noqa: N802 - Mininet's name
+        return self.ip
