@@ -113,6 +113,24 @@ def test_nodes_and_topology_pods_are_api_objects(kube_lab: Cluster, kubectl: Kub
     assert "pod-1-0" in wide and kube_lab.pod("pod-1-0").ip in wide
 
 
+def test_knetlab_kubectl_and_etcdctl(kube_lab: Cluster) -> None:
+    knetlab = str(ROOT / ".venv" / "bin" / "knetlab")
+    env = {**os.environ, "KNETLAB_CLUSTER": kube_lab.spec.name}
+    path = subprocess.run([knetlab, "kubeconfig", "--cluster", kube_lab.spec.name],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert path == str(kube_lab.kubeconfig)
+    out = subprocess.run([knetlab, "kubectl", "get", "nodes"], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert "node-1" in out and "Ready" in out
+    keys = subprocess.run([knetlab, "etcdctl", "get", "--prefix", "--keys-only",
+                           "/registry/pods"], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert "/registry/pods/default/pod-1-0" in keys
+    assert "/registry/minions/node-1" in subprocess.run(
+        [knetlab, "etcdctl", "get", "--prefix", "--keys-only", "/registry/minions"], env=env,
+        capture_output=True, text=True, check=True).stdout.split()
+
+
 def test_kubeconfig_is_root_only_and_token_required(kube_lab: Cluster) -> None:
     import urllib.error
     import urllib.request
@@ -200,7 +218,7 @@ def test_rolling_update_keeps_serving_and_undo(kube_lab: Cluster, kubectl: Kubec
 
 
 def test_statefulset_stable_names(kube_lab: Cluster, kubectl: Kubectl) -> None:
-    kubectl("apply", "-f", str(APPS / "statefulset.yaml"))
+    kubectl("apply", "-f", str(APPS / "pod.yaml"), "-f", str(APPS / "statefulset.yaml"))
     pods = wait_ready(kubectl, "app=db", 3, timeout=90)
     assert sorted(p["metadata"]["name"] for p in pods) == ["db-0", "db-1", "db-2"]
     assert kubectl("exec", "db-1", "--", "hostname").strip() == "db-1"
@@ -209,9 +227,30 @@ def test_statefulset_stable_names(kube_lab: Cluster, kubectl: Kubectl) -> None:
     poll(lambda: (p := kubectl.run("get", "pod", "db-1", "-o", "json", check=False)).returncode
          == 0 and json.loads(p.stdout)["metadata"]["uid"] != old_uid, 60, "db-1 recreated")
     wait_ready(kubectl, "app=db", 3, timeout=60)
+    kubectl("wait", "--for=condition=Ready", "pod/client", "--timeout=60s")
     ip = kubectl.json("get", "pod", "db-0")["status"]["podIP"]
     page = kubectl("exec", "client", "--", "wget", "-qO-", f"http://{ip}/")
     assert "Welcome to nginx" in page
+    # port-forward: loopback on this machine -> the pod's port 80, over the API server
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pf = subprocess.Popen([kubectl.binary, "port-forward", "pod/db-0", f"{port}:80"],
+                          env=kubectl.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        import urllib.request
+
+        def fetch() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/hostname", timeout=3) as r:
+                    return r.read().decode()
+            except OSError:
+                return ""
+        poll(lambda: fetch() == "db-0", 20, "port-forward to db-0")
+    finally:
+        pf.terminate()
+        pf.wait(5)
 
 
 def test_daemonset_job_and_logs(kube_lab: Cluster, kubectl: Kubectl) -> None:
