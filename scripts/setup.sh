@@ -8,7 +8,7 @@ APT_PACKAGES=(
   mininet openvswitch-switch iproute2 iptables nftables iperf3 tcpdump ethtool
   iputils-ping containernetworking-plugins procps util-linux psmisc conntrack
   python3-venv python3-yaml exabgp bird2 frr traceroute
-  etcd-server etcd-client nginx-light busybox dnsutils curl wget openssl
+  etcd-server etcd-client nginx-light busybox dnsutils curl wget openssl python3-cryptography
 )
 
 missing=()

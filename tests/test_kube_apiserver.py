@@ -280,7 +280,8 @@ def test_watch_resumes_after_restart(cluster: Cluster) -> None:
                                  data=json.dumps({"revision": str(int(
                                      v1.read_namespaced_config_map("survivor", "default")
                                      .metadata.resource_version))}).encode(), method="POST")
-    urllib.request.urlopen(req).read()
+    from knetlab.kube.etcd import client_ssl
+    urllib.request.urlopen(req, context=client_ssl(cluster.rundir.path / "kube")).read()
     old = str(int(rv) - 1)  # older than the restarted server's buffer: etcd must serve it
     first = next(iter(raw_watch(cluster, "/api/v1/namespaces/default/configmaps", old)))
     assert first["type"] == "ERROR" and first["object"]["code"] == 410

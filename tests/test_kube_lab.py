@@ -143,6 +143,13 @@ def test_kubeconfig_is_root_only_and_token_required(kube_lab: Cluster) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(server + "/api/v1/pods", context=ctx, timeout=5)
     assert err.value.code == 401
+    # etcd wants the client certificate only root can read: a local user cannot reach it
+    etcd = kube_lab.state()["kubernetes"]["etcd"]
+    assert etcd.startswith("https://127.0.0.1:")
+    with pytest.raises(OSError):
+        urllib.request.urlopen(etcd + "/health", context=ctx, timeout=5)
+    for f in ("etcd-client.key", "etcd-server.key"):
+        assert (kube_dir / f).stat().st_mode & 0o077 == 0, f
 
 
 # -- the walkthrough: every kind of application -------------------------------------------

@@ -64,7 +64,10 @@ def cmd_kubectl(args: argparse.Namespace) -> int:
 
 
 def cmd_etcdctl(args: argparse.Namespace) -> int:
+    from knetlab.kube.etcd import etcdctl_tls_args
     kube = kube_state(None)
-    os.execvpe("etcdctl", ["etcdctl", "--endpoints", kube["etcd"], *args.args],
+    tls = etcdctl_tls_args(Path(kube["kubeconfig"]).parent) if kube["etcd"].startswith(
+        "https") else []
+    os.execvpe("etcdctl", ["etcdctl", "--endpoints", kube["etcd"], *tls, *args.args],
                {**os.environ, "ETCDCTL_API": "3"})
     return 0  # not reached

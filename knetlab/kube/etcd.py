@@ -18,9 +18,11 @@ import base64
 import json
 import logging
 import socket
+import ssl
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -58,14 +60,31 @@ class EtcdDaemon(Daemon):
         ports.write_text(f"{self.client_port} {self.peer_port}\n")
 
     @property
+    def kube_dir(self) -> Path:
+        return self.rundir.path / "kube"
+
+    @property
+    def tls(self) -> bool:
+        """Client-certificate TLS once the lab's PKI has etcd's certificates (pki.make_pki)."""
+        return (self.kube_dir / "etcd-server.crt").exists()
+
+    @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     def command(self) -> list[str]:
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         self.data_dir.chmod(0o700)
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        return ["etcd", "--name", "knetlab", "--data-dir", str(self.data_dir),
+        peer = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.peer_port}"
+        tls: list[str] = []
+        if self.tls:
+            k = self.kube_dir
+            for side in ("", "peer-"):
+                tls += [f"--{side}cert-file", str(k / "etcd-server.crt"),
+                        f"--{side}key-file", str(k / "etcd-server.key"),
+                        f"--{side}trusted-ca-file", str(k / "ca.crt"),
+                        f"--{side}client-cert-auth"]
+        return ["etcd", "--name", "knetlab", "--data-dir", str(self.data_dir), *tls,
                 "--listen-client-urls", self.client_url,
                 "--advertise-client-urls", self.client_url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -76,12 +95,25 @@ class EtcdDaemon(Daemon):
                 "--snapshot-count", "20000", "--logger", "zap", "--log-level", "warn"]
 
     def is_ready(self) -> bool:
+        ctx = client_ssl(self.kube_dir) if self.tls else None
         try:
-            with urllib.request.urlopen(  # noqa: S310 - our own http URL
-                    self.client_url + "/health", timeout=0.5) as r:
+            with urllib.request.urlopen(  # noqa: S310 - our own URL
+                    self.client_url + "/health", timeout=0.5, context=ctx) as r:
                 return json.loads(r.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
+
+
+def client_ssl(kube_dir: Path) -> ssl.SSLContext:
+    """TLS for a client of the lab's etcd: the lab CA and the etcd client certificate."""
+    ctx = ssl.create_default_context(cafile=str(kube_dir / "ca.crt"))
+    ctx.load_cert_chain(kube_dir / "etcd-client.crt", kube_dir / "etcd-client.key")
+    return ctx
+
+
+def etcdctl_tls_args(kube_dir: Path) -> list[str]:
+    return ["--cacert", str(kube_dir / "ca.crt"), "--cert", str(kube_dir / "etcd-client.crt"),
+            "--key", str(kube_dir / "etcd-client.key")]
 
 
 class EtcdError(KnetlabError):
@@ -134,10 +166,11 @@ def prefix_end(prefix: str) -> str:
 class EtcdClient:
     """asyncio client of one etcd (create it inside the running loop)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None,
-                                                                           sock_connect=5))
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            connector=aiohttp.TCPConnector(ssl=ssl_context) if ssl_context else None)
 
     async def close(self) -> None:
         await self.session.close()
@@ -250,11 +283,13 @@ class EtcdClient:
         raise EtcdError("etcd watch stream ended")
 
 
-async def wait_ready(url: str, timeout: float = 10.0) -> None:
+async def wait_ready(url: str, timeout: float = 10.0,
+                     ssl_context: ssl.SSLContext | None = None) -> None:
     """Wait until etcd answers (the API server may start while etcd is still booting)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    async with aiohttp.ClientSession() as s:
+    connector = aiohttp.TCPConnector(ssl=ssl_context) if ssl_context else None
+    async with aiohttp.ClientSession(connector=connector) as s:
         while True:
             try:
                 async with s.get(url.rstrip("/") + "/health",

@@ -123,6 +123,43 @@ def make_certs(kube_dir: Path, cluster: str) -> None:
         _make_certs_cryptography(kube_dir, cluster)
 
 
+def make_etcd_certs(kube_dir: Path) -> None:
+    """etcd's serving certificate and the API server's client certificate for it, signed by
+    the lab CA: etcd requires client certificates (``--client-cert-auth``), so the lab's
+    store is reachable through the API server or by root, not by any local user."""
+    names = ("etcd-server.crt", "etcd-server.key", "etcd-client.crt", "etcd-client.key")
+    if all((kube_dir / n).exists() for n in names):
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = serialization.load_pem_private_key((kube_dir / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((kube_dir / "ca.crt").read_bytes())
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    usages = {"etcd-server": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+              "etcd-client": [ExtendedKeyUsageOID.CLIENT_AUTH]}
+    for name, eku in usages.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(ca.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now)
+                   .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+                   .add_extension(x509.ExtendedKeyUsage(eku), critical=False))
+        if name == "etcd-server":
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                 x509.DNSName("localhost")]), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        _write(kube_dir / f"{name}.key", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()))
+        _write(kube_dir / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM))
+
+
 def ensure_token(kube_dir: Path) -> str:
     path = kube_dir / "token"
     if path.exists():
@@ -157,6 +194,7 @@ def make_pki(kube_dir: Path, server_url: str, lab: str | None = None) -> Path:
     lab = lab or kube_dir.resolve().parent.name
     cluster = f"knetlab-{lab}"
     make_certs(kube_dir, cluster)
+    make_etcd_certs(kube_dir)
     token = ensure_token(kube_dir)
     text = kubeconfig_text(cluster, server_url, (kube_dir / "ca.crt").read_bytes(), token)
     path = kube_dir / "kubeconfig"

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..etcd import EtcdClient, wait_ready
+from ..etcd import EtcdClient, client_ssl, wait_ready
 from . import discovery
 from .errors import StatusError, internal, method_not_allowed, unauthorized
 from .namespaces import NamespaceDeleter, bootstrap
@@ -96,8 +96,9 @@ class ApiServer:
         self.ready = False
 
     async def start(self) -> web.AppRunner:
-        await wait_ready(self.etcd_url)
-        self.etcd = EtcdClient(self.etcd_url)
+        tls = client_ssl(self.kube_dir) if self.etcd_url.startswith("https") else None
+        await wait_ready(self.etcd_url, ssl_context=tls)
+        self.etcd = EtcdClient(self.etcd_url, tls)
         self.reg = Registry(self.etcd, self.service_cidr, self.node_ports)
         self.cacher = Cacher(self.etcd, await self.etcd.revision())
         self.cacher.start()
