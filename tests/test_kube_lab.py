@@ -463,3 +463,22 @@ pods: {perNode: 0}
              "node-2's pod recreated elsewhere")
     finally:
         c.down()
+
+
+def test_host_network_pod_runs_in_the_node(kube_lab: Cluster, kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", "-", stdin="""
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet}
+spec:
+  hostNetwork: true
+  nodeName: node-2
+  containers: [{name: c, image: busybox, command: [sleep, infinity]}]
+""")
+    kubectl("wait", "--for=condition=Ready", "pod/hostnet", "--timeout=60s")
+    assert kubectl.json("get", "pod", "hostnet")["status"]["podIP"] == \
+        kube_lab.node("node-2").node_ip
+    assert kubectl("exec", "hostnet", "--", "hostname").strip() == "node-2"
+    links = kubectl("exec", "hostnet", "--", "ip", "-o", "link")
+    assert "node-2-eth0" in links
+    kubectl("delete", "pod", "hostnet", "--grace-period=1")
