@@ -482,3 +482,36 @@ spec:
     links = kubectl("exec", "hostnet", "--", "ip", "-o", "link")
     assert "node-2-eth0" in links
     kubectl("delete", "pod", "hostnet", "--grace-period=1")
+
+
+def test_abuse_does_not_disturb_the_api_or_other_pods(kube_lab: Cluster, kubectl: Kubectl
+                                                      ) -> None:
+    """A too-large request, abandoned watches and a crash-looping container leave the API
+    answering and the other pods running."""
+    import http.client
+    import ssl
+
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core = client.CoreV1Api(kube_lab.kube)
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_config_map("default", {"metadata": {"name": "huge"},
+                                                      "data": {"k": "x" * (4 << 20)}})
+    assert err.value.status == 413
+    server = kube_lab.state()["kubernetes"]["server"].removeprefix("https://")
+    host, port = server.split(":")
+    token = (kube_lab.kubeconfig.parent / "token").read_text().strip()
+    ctx = ssl.create_default_context(cafile=str(kube_lab.kubeconfig.parent / "ca.crt"))
+    for _ in range(50):  # watches opened and dropped without reading
+        conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=5)
+        conn.request("GET", "/api/v1/pods?watch=true",
+                     headers={"Authorization": f"Bearer {token}"})
+        conn.getresponse()
+        conn.close()
+    kubectl("run", "crasher", "--image=busybox", "--", "sh", "-c", "exit 3")
+    poll(lambda: kubectl.json("get", "pod", "crasher")["status"].get(
+        "containerStatuses", [{}])[0].get("restartCount", 0) >= 1, 60, "crash loop")
+    for name in kube_lab.pods:
+        assert core.read_namespaced_pod(name, "default").status.phase == "Running"
+    kubectl("delete", "pod", "crasher", "--grace-period=0", "--force")
