@@ -232,7 +232,11 @@ class Cluster:
                                f"{self.spec.name}")
 
     def delete_pod(self, name: str) -> None:
-        pod = self.pod(name)
+        """Delete a topology pod (the API's pods are deleted through the API)."""
+        pod = self.pods.get(name)
+        if pod is None:
+            raise NotFoundError(f"no topology pod {name!r} in cluster {self.spec.name} "
+                                "(delete the API's pods with kubectl)")
         kubelet = self.nodes[pod.node_name].kubelet
         assert kubelet
         kubelet.stop_pod_sandbox(pod)
@@ -302,8 +306,10 @@ class Cluster:
         del self.nodes[name]
         self.spec.nodes = [n for n in self.spec.nodes if n.name != name]
         self.spec.pods = [p for p in self.spec.pods if p.node != name]
-        self.backend.sync()
-        self._write_state("running")
+        try:
+            self.backend.sync()  # raises if the others do not converge without it
+        finally:
+            self._write_state("running")  # the node is gone either way
 
     def _forget_address(self, ip: str) -> None:
         """A departed node's address comes back with another MAC (the next node added takes
@@ -332,6 +338,7 @@ class Cluster:
         if self.control is not None:
             self.control.stop()
             self.control = None
+        self._release_pods()
         if self.backend:
             try:
                 self.backend.teardown()
@@ -350,15 +357,43 @@ class Cluster:
         self.net, self.backend, self.ovs = None, None, None
         self.nodes, self.pods = {}, {}
 
+    def _release_pods(self) -> None:
+        """CNI DEL for every topology pod while its namespace and the data plane still
+        exist, nodes in parallel as ``_start_pods`` does ADD: IPAM (host-local files,
+        calico blocks' allocations) and host-side state are released as a kubelet
+        releases them. Also for pods whose ADD failed (DEL cleans up partial work); a
+        failure is logged and teardown goes on."""
+        by_node: dict[str, list[Pod]] = {}
+        for pod in self.pods.values():
+            by_node.setdefault(pod.node_name, []).append(pod)
+
+        def release(pods: list[Pod]) -> None:
+            for pod in pods:
+                node = self.nodes.get(pod.node_name)
+                if node is None or node.kubelet is None:
+                    continue  # its node never got that far: no ADD ran
+                try:
+                    node.kubelet.stop_pod_sandbox(pod)
+                except Exception:  # noqa: BLE001 - teardown goes on; clean removes the rest
+                    log.exception("CNI DEL of pod %s on %s failed", pod.name, node.name)
+
+        with ThreadPoolExecutor(CNI_WORKERS) as pool:
+            list(pool.map(release, by_node.values()))
+
     # -- lookups ---------------------------------------------------------------------
     def k8s_nodes(self) -> list[K8sNode]:
         return list(self.nodes.values())
 
-    def pod(self, name: str) -> Pod:
-        try:
+    def pod(self, name: str) -> Pod | ApiPod:
+        """A pod by name: the topology's, or one the API runs (``web-0``; ``name.namespace``
+        outside default), as a host with ``cmd()``."""
+        if name in self.pods:
             return self.pods[name]
-        except KeyError:
-            raise NotFoundError(f"no pod {name!r} in cluster {self.spec.name}") from None
+        self.sync_api_hosts()
+        host = self.net.nameToNode.get(name) if self.net is not None else None
+        if isinstance(host, ApiPod):
+            return host
+        raise NotFoundError(f"no pod {name!r} in cluster {self.spec.name}")
 
     def node(self, name: str) -> K8sNode:
         return self._known_node(name)

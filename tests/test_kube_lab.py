@@ -515,3 +515,13 @@ def test_abuse_does_not_disturb_the_api_or_other_pods(kube_lab: Cluster, kubectl
     for name in kube_lab.pods:
         assert core.read_namespaced_pod(name, "default").status.phase == "Running"
     kubectl("delete", "pod", "crasher", "--grace-period=0", "--force")
+
+
+def test_example_kube_experiment_script_runs(tmp_path: Path) -> None:
+    """examples/kube_experiment.py: apply, the official client, API pods as hosts."""
+    import sys
+    topo = write_topology(tmp_path, "name: kube-exp\nnodes: {count: 3}\npods: {perNode: 0}\n")
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / "kube_experiment.py"),
+                        str(topo)], capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "db-0 -> db-2: db-2" in p.stdout
