@@ -117,11 +117,35 @@ class RecordingClient:
     def __init__(self) -> None:
         self.status: dict[str, dict] = {}
         self.deleted: list[str] = []
+        self.events: dict[str, dict] = {}  # name -> Event, as created then patched
+        self.objects: dict[tuple[str, str, str], dict] = {}  # (resource, ns, name) -> obj
 
     def patch(self, resource: str, name: str, body: dict, namespace: str | None = None,
               subresource: str = "", kind: str = "merge") -> dict:
+        if resource == "events":
+            self.events[name].update(body)
+            return self.events[name]
         self.status[f"{namespace}/{name}"] = body["status"]
         return body
+
+    def create(self, resource: str, obj: dict, namespace: str | None = None) -> dict:
+        assert resource == "events", resource
+        self.events[obj["metadata"]["name"]] = obj
+        return obj
+
+    def get(self, resource: str, name: str, namespace: str | None = None) -> dict:
+        from knetlab.kube.client import ApiError
+        obj = self.objects.get((resource, namespace or "", name))
+        if obj is None:
+            raise ApiError(404, {"code": 404, "reason": "NotFound"})
+        return obj
+
+    def reasons(self, pod: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for ev in list(self.events.values()):
+            if ev["involvedObject"]["name"] == pod:
+                out.setdefault(ev["reason"], []).append(ev["message"])
+        return out
 
     def delete(self, resource: str, name: str, namespace: str | None = None, **_: object
                ) -> None:
@@ -209,6 +233,185 @@ def test_pod_lifecycle_in_process(run_base: Path, node_ns: str) -> None:
         k.prober.stop()
     assert not (run_base / "nodes" / "n1" / "pods").exists() or not any(
         (run_base / "nodes" / "n1" / "pods").iterdir())
+    assert not host_mounts_with(str(run_base))
+    node_links = subprocess.run(["ip", "-n", os.path.basename(node_ns), "-o", "link"],
+                                capture_output=True, text=True).stdout
+    assert "veth" not in node_links
+
+
+def start_kubelet(run_base: Path, node_ns: str, client: RecordingClient) -> object:
+    """The real Kubelet with its workers and pidfd monitor, fed pods through ``put``."""
+    import threading
+
+    from knetlab.kube.kubelet import Kubelet
+
+    fk = fake_kubelet(run_base, node_ns)
+    k = Kubelet(client, run_base, "n1", node_ns, "10.78.0.1", "10.78.0.0/24",  # type: ignore[arg-type]
+                fk.cni, cluster_dns="10.96.0.10")
+    threading.Thread(target=k._monitor, daemon=True).start()
+    for _ in range(2):
+        threading.Thread(target=k._work, daemon=True).start()
+    return k
+
+
+def test_events_volumes_and_env_from_objects(run_base: Path, node_ns: str) -> None:
+    """Events as describe shows them; ConfigMap/Secret env and volumes, emptyDir,
+    downwardAPI; a ConfigMap change reaching the mounted file; a missing ConfigMap."""
+    import base64
+
+    client = RecordingClient()
+    k = start_kubelet(run_base, node_ns, client)
+    client.objects[("configmaps", "default", "cfg")] = {
+        "data": {"greeting": "hello", "color": "blue"}}
+    client.objects[("secrets", "default", "sec")] = {
+        "data": {"password": base64.b64encode(b"s3cret").decode()}}
+
+    def put(pod: dict) -> None:
+        k.informer._cache[f"default/{pod['metadata']['name']}"] = pod  # type: ignore[attr-defined]
+        k.queue.add(f"default/{pod['metadata']['name']}")  # type: ignore[attr-defined]
+
+    def cstatus(name: str) -> dict:
+        return (client.status.get(f"default/{name}", {}).get("containerStatuses") or [{}])[0]
+
+    web = make_pod(
+        "web", "busybox", ["sh", "-c", "echo $$ > /scratch/pid; exec sleep 600"],
+        env=[{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg",
+                                                                     "key": "greeting"}}},
+             {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
+             {"name": "NONE", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "x",
+                                                                 "optional": True}}}],
+        envFrom=[{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+        volumeMounts=[{"name": "cfg", "mountPath": "/etc/cfg"},
+                      {"name": "sec", "mountPath": "/etc/sec", "readOnly": True},
+                      {"name": "scratch", "mountPath": "/scratch"},
+                      {"name": "info", "mountPath": "/etc/podinfo"},
+                      {"name": "cfg", "mountPath": "/etc/color.txt", "subPath": "color"}],
+        readinessProbe={"exec": {"command": ["cat", "/tmp/nope"]}, "periodSeconds": 1})
+    web["metadata"]["labels"] = {"app": "web"}
+    web["spec"]["volumes"] = [
+        {"name": "cfg", "configMap": {"name": "cfg"}},
+        {"name": "sec", "secret": {"secretName": "sec", "defaultMode": 0o400}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "info", "downwardAPI": {"items": [
+            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+            {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}}]
+    lost = make_pod("lost", "busybox", ["sleep", "600"],
+                    envFrom=[{"configMapRef": {"name": "missing"}}])
+    try:
+        put(web)
+        put(lost)
+        poll(lambda: "running" in cstatus("web").get("state", {}), 10, "web running")
+        pid = runtime.sandbox_pid(run_base, web)
+        assert in_pod(pid, "cat", "/etc/cfg/greeting") == "hello"
+        assert in_pod(pid, "cat", "/etc/sec/password") == "s3cret"
+        assert in_pod(pid, "stat", "-c", "%a", "/etc/sec/password").strip() == "400"
+        assert in_pod(pid, "cat", "/etc/podinfo/labels") == 'app="web"'
+        assert in_pod(pid, "cat", "/etc/podinfo/name") == "web"
+        assert in_pod(pid, "cat", "/etc/color.txt") == "blue"
+        assert in_pod(pid, "touch", "/etc/sec/x", check=False) == ""  # read-only
+        assert not (runtime.pod_dir_of(run_base, web) / "volumes" / "sec" / "x").exists()
+        poll(lambda: in_pod(pid, "cat", "/scratch/pid", check=False).strip().isdigit(), 10,
+             "the container wrote into its emptyDir")
+        cpid = int(in_pod(pid, "cat", "/scratch/pid"))
+        env = dict(kv.split("=", 1) for kv in Path(f"/proc/{cpid}/environ").read_text()
+                   .split("\0") if "=" in kv)
+        assert env["GREETING"] == "hello" and env["PW"] == "s3cret"
+        assert env["CFG_color"] == "blue" and "NONE" not in env
+        # the host never sees the pod's mounts
+        assert not host_mounts_with(str(run_base))
+        # a ConfigMap change reaches the mounted file within the refresh period
+        client.objects[("configmaps", "default", "cfg")] = {
+            "data": {"greeting": "bonjour", "color": "blue"}}
+        poll(lambda: in_pod(pid, "cat", "/etc/cfg/greeting") == "bonjour", 10, "updated")
+        # a ConfigMap that does not exist: the container waits, the event says why
+        poll(lambda: cstatus("lost").get("state", {}).get("waiting", {}).get("reason")
+             == "CreateContainerConfigError", 10, "CreateContainerConfigError")
+        assert 'configmap "missing" not found' in cstatus("lost")["state"]["waiting"][
+            "message"]
+        # the events describe shows
+        poll(lambda: {"Pulled", "Created", "Started", "Unhealthy"} <= set(
+            client.reasons("web")), 10, "events of web")
+        ev = client.reasons("web")
+        assert ev["Pulled"] == ['Container image "busybox" already present on machine']
+        assert ev["Started"] == ["Started container c"]
+        assert ev["Unhealthy"][0].startswith("Readiness probe failed:")
+        poll(lambda: any(e["reason"] == "Unhealthy" and e["count"] > 1
+                         for e in client.events.values()), 10, "a repeated event counted")
+        poll(lambda: "Error: couldn't find key" in str(client.reasons("lost"))
+             or 'Error: configmap "missing" not found' in client.reasons("lost").get(
+                 "Failed", []), 10, "Failed event of lost")
+    finally:
+        for pod in (web, lost):
+            pod["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+            pod["metadata"]["deletionGracePeriodSeconds"] = 1
+            put(pod)
+        poll(lambda: set(client.deleted) == {"default/web", "default/lost"}, 10, "deleted")
+        k._stop.set()  # type: ignore[attr-defined]
+        k.queue.shutdown()  # type: ignore[attr-defined]
+        k.prober.stop()  # type: ignore[attr-defined]
+    poll(lambda: "Killing" in client.reasons("web"), 5, "Killing event")
+    assert client.reasons("web")["Killing"] == ["Stopping container c"]
+    assert not host_mounts_with(str(run_base))
+
+
+def test_restarted_kubelet_adopts_running_pods(run_base: Path, node_ns: str) -> None:
+    """A kubelet that goes away without stopping its pods (kill -9) and a new one started:
+    the new one adopts the sandbox (same pid, same IP) and the running container (no
+    restart), keeps managing it (a killed container restarts), and tears it down."""
+    client = RecordingClient()
+    old = start_kubelet(run_base, node_ns, client)
+    pod = make_pod("keep", "busybox", ["sh", "-c", "echo hi; exec sleep 600"])
+    key = "default/keep"
+
+    def cstatus() -> dict:
+        return (client.status.get(key, {}).get("containerStatuses") or [{}])[0]
+
+    old.informer._cache[key] = pod  # type: ignore[attr-defined]
+    old.queue.add(key)  # type: ignore[attr-defined]
+    new = None
+    try:
+        poll(lambda: "running" in cstatus().get("state", {}), 10, "running")
+        before = dict(client.status[key])
+        pause = runtime.sandbox_pid(run_base, pod)
+        cdir = runtime.container_dir(runtime.pod_dir_of(run_base, pod), "c")
+        cpid = int((cdir / "pid").read_text())
+        # the old kubelet vanishes: its threads stop, its pods are left as they are
+        old._stop.set()  # type: ignore[attr-defined]
+        old.queue.shutdown()  # type: ignore[attr-defined]
+        old.prober.stop()  # type: ignore[attr-defined]
+        new = start_kubelet(run_base, node_ns, client)
+        pod["status"] = before
+        new.informer._cache[key] = pod  # type: ignore[attr-defined]
+        new.queue.add(key)  # type: ignore[attr-defined]
+        poll(lambda: key in new.workers and new.workers[key].adoption_tried, 10,  # type: ignore[attr-defined]
+             "the new kubelet synced the pod")
+        worker = new.workers[key]  # type: ignore[attr-defined]
+        assert worker.sandbox.pid == pause and worker.sandbox.ip == before["podIP"]
+        assert worker.containers[0].proc.pid == cpid
+        assert runtime.sandbox_pid(run_base, pod) == pause
+        st = cstatus()
+        assert st["restartCount"] == 0 and "running" in st["state"]
+        assert client.status[key]["podIP"] == before["podIP"]
+        # still managed: a killed container is restarted into the same sandbox
+        os.kill(cpid, 9)
+        poll(lambda: cstatus().get("restartCount") == 1 and "running" in cstatus()["state"],
+             10, "restarted by the new kubelet")
+        assert runtime.sandbox_pid(run_base, pod) == pause
+        assert "unknown" in cstatus()["lastState"]["terminated"]["message"]
+    finally:
+        k = new or old
+        pod["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+        pod["metadata"]["deletionGracePeriodSeconds"] = 1
+        k.informer._cache[key] = pod  # type: ignore[attr-defined]
+        k.queue.add(key)  # type: ignore[attr-defined]
+        poll(lambda: key in client.deleted, 10, "deleted")
+        for kk in (old, new):
+            if kk is not None:
+                kk._stop.set()  # type: ignore[attr-defined]
+                kk.queue.shutdown()  # type: ignore[attr-defined]
+                kk.prober.stop()  # type: ignore[attr-defined]
+    assert not Path(f"/proc/{pause}/cmdline").exists() or not Path(
+        f"/proc/{pause}/cmdline").read_bytes()
     assert not host_mounts_with(str(run_base))
     node_links = subprocess.run(["ip", "-n", os.path.basename(node_ns), "-o", "link"],
                                 capture_output=True, text=True).stdout

@@ -86,11 +86,21 @@ def ready(pod: dict) -> bool:
                for c in pod.get("status", {}).get("conditions", []))
 
 
+def serving(k: Kubectl, selector: str) -> list[dict]:
+    """Ready pods not being deleted (a rollout's old pods linger through their grace)."""
+    return [p for p in pods_of(k, selector)
+            if ready(p) and not p["metadata"].get("deletionTimestamp")]
+
+
 def wait_ready(k: Kubectl, selector: str, count: int, timeout: float = 60) -> list[dict]:
-    poll(lambda: len([p for p in pods_of(k, selector) if ready(p)
-                      and not p["metadata"].get("deletionTimestamp")]) == count,
-         timeout, f"{count} ready pods with {selector}")
-    return [p for p in pods_of(k, selector) if ready(p)]
+    found: list[dict] = []
+
+    def enough() -> bool:
+        nonlocal found
+        found = serving(k, selector)
+        return len(found) == count
+    poll(enough, timeout, f"{count} ready pods with {selector}")
+    return found
 
 
 # -- the lab's API: nodes, topology pods, kubeconfig -------------------------------------

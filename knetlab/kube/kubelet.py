@@ -9,8 +9,10 @@ Threads (all cheap; 100 kubelets run at once on 2 cores): an informer on the nod
 take keys from the work queue and call the pod's ``PodWorker.sync`` (one pod never blocks
 on another's grace period or back-off: those are delayed re-adds); one pidfd monitor that
 turns any container's or pause's exit into a re-sync at once; the prober (lazily); and the
-main thread, which heartbeats. Imports: standard library, the API client, the CNI runtime
-and the images table only.
+main thread, which heartbeats; the events writer (``events.py``) lazily. At start it adopts
+the pods an earlier kubelet of this node left running (``adoption.py``) and tears down those
+deleted while no kubelet ran. Imports: standard library, the API client, the CNI runtime,
+the images table and the kubelet's own modules only.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from typing import Any
 from knetlab.cni.runtime import CNIRuntime
 from knetlab.daemon import Daemon
 from knetlab.kube.client import ApiError, Informer, KubeClient, WorkQueue, key_of, split_key
+from knetlab.kube.events import PodEvents
 from knetlab.kube.podworker import PodWorker
 from knetlab.kube.probes import Prober
+from knetlab.kube.sandboxes import Sandbox
 from knetlab.rundir import RunDir
 
 log = logging.getLogger("knetlab.kube.kubelet")
@@ -73,6 +77,7 @@ class Kubelet:
         self.cni, self.cluster_dns, self.cluster_domain = cni, cluster_dns, cluster_domain
         self.queue = WorkQueue()
         self.prober = Prober(node_netns)
+        self.events = PodEvents(client, node)
         self.informer = Informer(client, "pods", field_selector=f"spec.nodeName={node}")
         self.informer.add_handler(lambda _kind, obj, _old: self.queue.add(key_of(obj)))
         self.workers: dict[str, PodWorker] = {}
@@ -235,6 +240,27 @@ class Kubelet:
             worker = self.workers[key] = PodWorker(self, pod)
         return worker.sync(pod)
 
+    def cleanup_orphans(self) -> None:
+        """After a restart: tear down the sandboxes of pods that were deleted for good while
+        no kubelet ran (their API objects are gone, so no worker will ever stop them)."""
+        known = {p["metadata"].get("uid") for p in self.informer.items()}
+        base = self.rundir / "nodes" / self.node / "pods"
+        try:
+            entries = list(base.iterdir())
+        except OSError:
+            return
+        for pdir in entries:
+            parts = pdir.name.split("_")  # <namespace>_<name>_<uid>: no "_" in DNS names
+            if len(parts) != 3 or parts[2] in known:
+                continue
+            sb = Sandbox(self, pdir, parts[0], parts[1], parts[2])
+            if sb.load():
+                log.info("pod %s/%s: deleted while the kubelet was away: tearing it down",
+                         parts[0], parts[1])
+            if not sb.host_network:
+                sb.ip = "orphan"  # CNI DEL from the cache releases its address
+            sb.teardown()
+
     # -- running ---------------------------------------------------------------------------
     def start(self) -> None:
         self.register()
@@ -251,6 +277,11 @@ class Kubelet:
         self.start()
         if not self.wait_synced():
             log.warning("pod informer not synced after 30 s; going on")
+        else:
+            try:
+                self.cleanup_orphans()
+            except Exception:  # noqa: BLE001 - a leftover must not keep the kubelet down
+                log.exception("cleaning up pods deleted while the kubelet was away")
         if ready_file is not None:
             ready_file.write_text(f"{os.getpid()}\n")
         last_status = time.monotonic()
@@ -268,6 +299,7 @@ class Kubelet:
         self.informer.stop()
         self.queue.shutdown()
         self.prober.stop()
+        self.events.stop()
         if keep_pods:
             return
         for worker in list(self.workers.values()):

@@ -23,16 +23,26 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
-from knetlab.kube import runtime
+from knetlab.errors import KnetlabError
+from knetlab.kube import adoption, events, runtime
 from knetlab.kube.images import UnknownImage, resolve
 from knetlab.kube.probes import Probe
 from knetlab.kube.sandboxes import Sandbox, SandboxError, now
+from knetlab.kube.volumes import (
+    REFRESH_S,
+    ConfigError,
+    Lookup,
+    Volumes,
+    env_from_objects,
+    env_value,
+)
 
 if TYPE_CHECKING:
     from knetlab.kube.kubelet import Kubelet
 
 log = logging.getLogger("knetlab.kube.podworker")
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
+CONFIG_RETRY_S = 2.0
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -54,6 +64,7 @@ class Container:
         self.pull_failures = 0
         self.probes: dict[str, Probe] = {}
         self.kill_reason = ""  # why the kubelet stopped it (liveness, startup)
+        self.kill_sent = False  # the Killing event of kill_reason was written
 
     @property
     def running(self) -> bool:
@@ -97,6 +108,9 @@ class PodWorker:
         self.key = f"{self.ns}/{self.name}"
         self.dir = runtime.pod_dir(kubelet.rundir, kubelet.node, self.ns, self.name, self.uid)
         self.sandbox = Sandbox(kubelet, self.dir, self.ns, self.name, self.uid)
+        self.volumes = Volumes(kubelet.client, self.dir, self.sandbox)
+        self.next_refresh = 0.0
+        self.adoption_tried = False
         spec = pod.get("spec") or {}
         self.host_network = bool(spec.get("hostNetwork"))
         self.inits = [Container(c, True) for c in spec.get("initContainers") or []]
@@ -114,6 +128,9 @@ class PodWorker:
 
     # -- the sync loop -------------------------------------------------------------------
     def sync(self, pod: dict[str, Any]) -> float | None:
+        if not self.adoption_tried:  # a sandbox an earlier kubelet left running is ours
+            self.adoption_tried = True
+            adoption.adopt(self, pod)
         if pod["metadata"].get("deletionTimestamp"):
             return self.terminate(pod)
         if self.done:
@@ -126,6 +143,7 @@ class PodWorker:
             wait = self.sandbox_next - time.monotonic()
             if wait > 0:
                 return wait
+            self.volumes.mounted.clear()  # they went with the old pause's mount namespace
             try:
                 self.sandbox.create(pod, self.host_network)
                 self.sandbox_backoff, self.sandbox_message = 0.0, ""
@@ -155,12 +173,20 @@ class PodWorker:
                 self.reap(c, pod)
                 if c.running:
                     if c.kill_reason:  # liveness/startup failed: restart it
+                        if not c.kill_sent:
+                            c.kill_sent = True
+                            probe = "startup" if c.kill_reason.startswith("Startup") \
+                                else "liveness"
+                            self.event(c, "Normal", "Killing", f"Container {c.name} failed "
+                                       f"{probe} probe, will be restarted")
                         c.signal(signal.SIGKILL)
                     continue
                 if c.exit_code is not None and not self.should_restart(c, policy):
                     continue
                 delays += self.maybe_start(c, pod)
             self.phase = self.compute_phase(policy)
+        if self.volumes.refreshable and self.phase == "Running":
+            delays.append(self.refresh_volumes(pod))
         self.write_status(pod)
         if self.phase in ("Succeeded", "Failed"):
             self.kill_all(signal.SIGKILL)
@@ -196,7 +222,9 @@ class PodWorker:
                                   "finishedAt": now(), "containerID": f"knetlab://{self.cid(c)}"}}
         if c.kill_reason:
             c.state["terminated"]["message"] = c.kill_reason
-        c.exit_code, c.proc, c.kill_reason = code, None, ""
+        elif getattr(c.proc, "unknown_exit", False):
+            c.state["terminated"]["message"] = adoption.UNKNOWN_MESSAGE
+        c.exit_code, c.proc, c.kill_reason, c.kill_sent = code, None, "", False
         c.stop_probes()
         if time.monotonic() - c.started_mono > 2 * BACKOFF_MAX:
             c.backoff = 0.0  # it ran long enough: forget past crashes, as upstream
@@ -212,6 +240,8 @@ class PodWorker:
                 c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": (
                     f"back-off {int(c.backoff_shown)}s restarting failed container={c.name} "
                     f"pod={self.name}_{self.ns}({self.uid})")}}
+                self.event(c, "Warning", "BackOff", "Back-off restarting failed container "
+                           f"{c.name} in pod {self.name}_{self.ns}({self.uid})")
             return [wait]
         try:
             restart = c.started_once
@@ -226,26 +256,59 @@ class PodWorker:
                     c.restart_count -= 1
                 raise
             c.exit_code, c.pull_failures, c.started_once = None, 0, True
-        except (UnknownImage, OSError, ValueError, runtime.NotFoundError) as exc:
+        except (UnknownImage, OSError, ValueError, KnetlabError) as exc:
             pull = isinstance(exc, UnknownImage)
             reason = "CreateContainerError"
             if pull:
                 reason = "ImagePullBackOff" if c.pull_failures else "ErrImagePull"
+            elif isinstance(exc, ConfigError):
+                reason = "CreateContainerConfigError"
             c.pull_failures += 1
             c.state = {"waiting": {"reason": reason, "message": str(exc)}}
+            image = c.spec.get("image", "")
+            if not pull:
+                self.event(c, "Warning", "Failed", f"Error: {exc}")
+            elif reason == "ErrImagePull":
+                self.event(c, "Warning", "Failed", f'Failed to pull image "{image}": {exc}')
+                self.event(c, "Warning", "Failed", "Error: ErrImagePull")
+            else:
+                self.event(c, "Normal", "BackOff", f'Back-off pulling image "{image}"')
+                self.event(c, "Warning", "Failed", "Error: ImagePullBackOff")
             delay = min(BACKOFF_START * 2 ** (c.pull_failures - 1), BACKOFF_MAX)
+            if isinstance(exc, ConfigError):
+                delay = CONFIG_RETRY_S  # waiting for the user to create it: look again soon
             c.next_start = time.monotonic() + delay
             return [delay]
         return []
+
+    def refresh_volumes(self, pod: dict[str, Any]) -> float:
+        """Rewrite configMap/secret/downwardAPI files now and then; the wanted delay."""
+        wait = self.next_refresh - time.monotonic()
+        if wait > 0:
+            return wait
+        try:
+            self.volumes.write_files(pod)
+        except (KnetlabError, OSError) as exc:
+            log.warning("pod %s: volumes: %s", self.key, exc)
+        self.next_refresh = time.monotonic() + REFRESH_S
+        return REFRESH_S
+
+    def event(self, c: Container | None, etype: str, reason: str, message: str) -> None:
+        """One Event about this pod (or one of its containers); queued, never waited on."""
+        path = events.field_path(c.name, c.init) if c is not None else ""
+        self.k.events.emit({"kind": "Pod", "name": self.name, "namespace": self.ns,
+                            "uid": self.uid}, etype, reason, message, path)
 
     def cid(self, c: Container) -> str:
         return runtime.container_id(self.uid, f"{c.name}/{c.restart_count}")
 
     # -- starting a container ------------------------------------------------------------
-    def env_of(self, c: Container, pod: dict[str, Any], image_env: dict[str, str]
-               ) -> dict[str, str]:
+    def env_of(self, c: Container, pod: dict[str, Any], image_env: dict[str, str],
+               lookup: Lookup | None = None) -> dict[str, str]:
         env = {"PATH": runtime.DEFAULT_PATH, **image_env,
                "HOSTNAME": self.sandbox.hostname}
+        lookup = lookup or Lookup(self.k.client, self.ns)
+        env_from_objects(lookup, c.spec, env)
         fields = {"metadata.name": self.name, "metadata.namespace": self.ns,
                   "metadata.uid": self.uid, "spec.nodeName": self.k.node,
                   "spec.serviceAccountName": (pod.get("spec") or {}).get(
@@ -262,6 +325,8 @@ class PodWorker:
                         path[len("metadata.labels['"):-2], "")
                 else:
                     env[e["name"]] = fields.get(path, "")
+            elif (value := env_value(lookup, e.get("valueFrom") or {})) is not None:
+                env[e["name"]] = value
         return env
 
     def start(self, c: Container, pod: dict[str, Any]) -> None:
@@ -270,7 +335,12 @@ class PodWorker:
                  if "containerPort" in p]
         run = resolve(spec.get("image", ""), spec.get("command"), spec.get("args"),
                       pod_name=self.name, container_ports=ports, run_dir=self.k.rundir)
-        env = self.env_of(c, pod, run.env)
+        self.event(c, "Normal", "Pulled",
+                   f'Container image "{spec.get("image", "")}" already present on machine')
+        lookup = Lookup(self.k.client, self.ns)
+        self.volumes.write_files(pod, lookup)
+        self.volumes.mount(spec, pod)
+        env = self.env_of(c, pod, run.env, lookup)
         argv = [VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), a) for a in run.argv]
         for d in run.dirs:
             os.makedirs(self.sandbox.in_root(d), exist_ok=True)
@@ -285,6 +355,8 @@ class PodWorker:
                                       stdin=subprocess.DEVNULL, stdout=logf,
                                       stderr=subprocess.STDOUT, start_new_session=True)
         (cdir / "pid").write_text(f"{c.proc.pid}\n")
+        self.event(c, "Normal", "Created", f"Created container: {c.name}")
+        self.event(c, "Normal", "Started", f"Started container {c.name}")
         c.state = {"running": {"startedAt": now()}}
         c.started_mono = time.monotonic()
         self.k.watch_pid(c.proc.pid, self.key)
@@ -297,8 +369,11 @@ class PodWorker:
         for kind in ("startup", "liveness", "readiness"):
             spec = c.spec.get(f"{kind}Probe")
             if spec and not c.init:
-                c.probes[kind] = Probe(kind, spec, c.spec, self.sandbox.ip or self.k.node_ip,
-                                       exec_argv, lambda c=c: self.probe_changed(c))
+                c.probes[kind] = p = Probe(kind, spec, c.spec,
+                                           self.sandbox.ip or self.k.node_ip, exec_argv,
+                                           lambda c=c: self.probe_changed(c))
+                p.on_failure = lambda msg, c=c, kind=kind: self.event(
+                    c, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {msg}")
         startup = c.probes.get("startup")
         for p in c.probes.values():
             p.enabled = p.kind == "startup" or startup is None
@@ -377,6 +452,9 @@ class PodWorker:
                 grace = pod["metadata"].get("deletionGracePeriodSeconds",
                                             pod["spec"].get("terminationGracePeriodSeconds", 30))
             self.term_deadline = time.monotonic() + max(0, int(grace))
+            for c in self.inits + self.containers:
+                if c.running:
+                    self.event(c, "Normal", "Killing", f"Stopping container {c.name}")
             self.kill_all(signal.SIGTERM)
         alive = [c for c in self.inits + self.containers if c.running]
         if alive and time.monotonic() < self.term_deadline:

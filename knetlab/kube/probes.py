@@ -69,6 +69,8 @@ class Probe:
         self.message = ""
         self.stopped = False
         self.enabled = kind == "startup"  # others wait for startup (see enable())
+        # called with the message of every failed run (the kubelet's Unhealthy event)
+        self.on_failure: Callable[[str], None] | None = None
 
     def run_once(self) -> tuple[bool, str]:
         spec = self.spec
@@ -182,6 +184,8 @@ class Prober:
             return
         if probe.enabled:
             ok, message = probe.run_once()
+            if not ok and not probe.stopped and probe.on_failure is not None:
+                probe.on_failure(message)
             if not probe.stopped and probe.record(ok, message):
                 probe.on_change()
         if not probe.stopped:

@@ -6,6 +6,11 @@ pid and namespace in the lab's ownership record *right after* creation, and wire
 network through the node's CNI configuration only. ``teardown`` undoes it in reverse:
 CNI DEL while the namespace still exists, then the pause and anything left in the pod's
 mount namespace, then the pod dir.
+
+A kubelet restart keeps its pods, as upstream: ``adopt`` takes over a sandbox a previous
+kubelet of this node left running (its pause alive with the pod dir in its command line,
+and, unless hostNetwork, the CNI result still in the node's CNI cache, which gives back
+its IP). Only a sandbox that cannot be adopted is torn down and recreated (``reclaim``).
 """
 
 from __future__ import annotations
@@ -205,6 +210,43 @@ class Sandbox:
         ips = [ip["address"].split("/")[0] for ip in result.get("ips") or []]
         self.ip = ips[0] if ips else None
         self.write("/etc/hosts", self.hosts_file())
+
+    def load(self) -> bool:
+        """Fill pid, hostname and network mode from what an earlier kubelet left in the pod
+        dir; False unless its pause still runs."""
+        try:
+            pid = int((self.dir / "sandbox.pid").read_text().split()[0])
+            saved = json.loads((self.dir / "sandbox.json").read_text())
+        except (OSError, ValueError, IndexError):
+            return False
+        if not runtime.pid_alive(pid, str(self.dir)):
+            return False
+        self.pid, self.proc = pid, None
+        self.host_network = bool(saved.get("netns"))
+        self.hostname = saved.get("hostname") or self.name
+        return True
+
+    def adopt(self, pod: dict[str, Any]) -> bool:
+        """Take over the running sandbox of an earlier kubelet (see the module doc)."""
+        if not self.load():
+            return False
+        assert self.pid is not None
+        if self.host_network:
+            self.ip = self.k.node_ip
+        else:
+            result = self.k.cni.cached(self.cid, "eth0") or {}
+            ips = [ip["address"].split("/")[0] for ip in result.get("ips") or []]
+            if not ips:  # no record of its network: reclaim() will start over
+                self.pid = None
+                return False
+            self.ip = ips[0]
+        spec = pod.get("spec") or {}
+        sub = spec.get("subdomain")
+        self.fqdn = (f"{self.hostname}.{sub}.{self.ns}.svc.{self.k.cluster_domain}"
+                     if sub and not self.host_network else "")
+        self.host_aliases = spec.get("hostAliases") or []
+        self.k.watch_pid(self.pid, f"{self.ns}/{self.name}")
+        return True
 
     def reclaim(self) -> None:
         """A sandbox left by an earlier kubelet of this node: take it down before a new one

@@ -245,6 +245,12 @@ class ExecSession:
             if msg.type != WSMsgType.BINARY or not msg.data:
                 continue
             channel, data = msg.data[0], msg.data[1:]
+            if channel == 0 and data == b"\x00" and self.master is not None:
+                # A lone NUL on a tty's stdin is what kubectl forwards when its own input
+                # ends under script(1) (seen with kubectl 1.33 and 1.37, stdin at EOF
+                # from the start): written to the pod's terminal it came back as a stray
+                # "^@" echo. Dropped; the cost is a deliberate Ctrl-@ keystroke.
+                continue
             if channel == 0 and data:
                 self._write_stdin(proc, data)
                 if proc.stdin is not None:

@@ -15,6 +15,7 @@ import logging
 
 from knetlab.kube.client import ApiError, key_of
 from knetlab.kube.controllers.base import Controller
+from knetlab.kube.controllers.history import sync_history
 from knetlab.kube.controllers.util import (
     Obj,
     deleting,
@@ -129,6 +130,7 @@ class DaemonSetController(Controller):
 
     def setup(self) -> None:
         self.dss = self.informer("daemonsets")
+        self.informer("controllerrevisions")  # revision history (history.py)
         self.nodes = self.informer("nodes")
         self.ctx.informers.owner_index("pods")
         self.on("daemonsets", lambda _e, obj, _o: self.enqueue(obj))
@@ -161,6 +163,8 @@ class DaemonSetController(Controller):
                            f"Deleted pod: {meta(p)['name']}", api_version="apps/v1")
             if create:
                 self._create(ds, create)
+        if not deleting(ds):
+            sync_history(self, ds, "DaemonSet", f"{meta(ds)['name']}-{ds_hash(ds)}", ds_hash(ds))
         self.patch_status("daemonsets", ds, daemonset_status(ds, nodes, pods))
 
     def _create(self, ds: Obj, node_names: list[str]) -> None:

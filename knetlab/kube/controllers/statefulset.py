@@ -16,6 +16,7 @@ import logging
 
 from knetlab.kube.client import ApiError, key_of
 from knetlab.kube.controllers.base import Controller
+from knetlab.kube.controllers.history import sync_history
 from knetlab.kube.controllers.util import (
     Obj,
     deleting,
@@ -131,6 +132,7 @@ class StatefulSetController(Controller):
 
     def setup(self) -> None:
         self.stss = self.informer("statefulsets")
+        self.informer("controllerrevisions")  # revision history (history.py)
         self.ctx.informers.owner_index("pods")
         self.on("statefulsets", lambda _e, obj, _o: self.enqueue(obj))
         self.track_dependents("StatefulSet")
@@ -156,6 +158,9 @@ class StatefulSetController(Controller):
                     self.event(sts, "StatefulSet", "SuccessfulDelete",
                                f"delete Pod {meta(pod)['name']} in StatefulSet {name} "
                                "successful", api_version="apps/v1")
+        if not deleting(sts):
+            rev = update_revision(sts)
+            sync_history(self, sts, "StatefulSet", rev, rev)
         self.patch_status("statefulsets", sts, statefulset_status(sts, pods))
 
     def _create(self, sts: Obj, key: str, i: int) -> None:
