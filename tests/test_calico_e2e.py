@@ -15,7 +15,8 @@ import pytest
 
 from knetlab import kernel
 from knetlab.bgp import status
-from knetlab.errors import ConfigError
+from knetlab.cluster import Cluster
+from knetlab.errors import ConfigError, KnetlabError
 from knetlab.mncli import summary_nodes
 from knetlab.overlays import calico
 from knetlab.topologies.schema import load_topology
@@ -69,12 +70,26 @@ def test_mesh_check_no_encap_membership_and_kill(lab) -> None:  # noqa: ANN001
     c.delete_node("node-4")
     poll(lambda: all(b4 not in bird_routes(n) for n in c.k8s_nodes()),
          1.0, "node-4's block withdrawn everywhere")
-    # kill -9 of a speaker: the TCP session resets, peers withdraw at once
-    b3 = block(c, "node-3")
-    os.kill(c.backend.speakers["node-3"].pid, signal.SIGKILL)
+    # kill -9 of a speaker: the TCP session resets, peers withdraw at once (well within
+    # the hold time); status tells the truth, the zombie is reaped, and calico-node's
+    # supervisor (the backend's watchdog) starts it again after 1 s: the route returns.
+    b3, pid = block(c, "node-3"), c.backend.speakers["node-3"].pid
+    os.kill(pid, signal.SIGKILL)
     took = poll(lambda: b3 not in bird_routes(c.node("node-1")), 3.0,
                 "killed speaker's routes withdrawn")
     assert took < 1.0
+    text = status.status_text(c.rundir, "node-3")
+    assert "is not running on node-3" in text and "Established" not in text, text
+    assert all(row[2] == "down" for row in status.peers(c.rundir, "node-3"))
+    assert status.routes(c.rundir, "node-3") == []
+    poll(lambda: not Path(f"/proc/{pid}").exists(), 2.0, "the killed speaker reaped")
+    poll(lambda: b3 in bird_routes(c.node("node-1")), 8.0,
+         "the restarted speaker's block back on node-1")
+    assert c.backend.speakers["node-3"].pid != pid
+    poll(lambda: bird_routes(c.node("node-3")) == others(c, "node-3"), 5.0,
+         "the restarted speaker relearned every route")
+    text = status.status_text(c.rundir, "node-3")
+    assert "Calico process is running on node-3." in text and "Established" in text, text
 
 
 def test_hung_speaker_removed_after_hold_time(lab) -> None:  # noqa: ANN001
@@ -99,6 +114,11 @@ def test_exabgp_reflectors_attributes_and_failover(lab) -> None:  # noqa: ANN001
     assert r[3] == "192.168.0.12" and r[4] == rr1  # originator-id, cluster-list
     peers = status.peers(c.rundir, "node-1")
     assert {p[0] for p in peers} == {rr1, rr2} and all(p[2] == "up" for p in peers)
+    # A reflector lists its real peers only; the spares (nodes yet to join) are one line.
+    nodes = {n.node_ip for n in c.k8s_nodes()}
+    assert {p[0] for p in status.peers(c.rundir, "rr-1")} == nodes | {rr2}
+    text = status.status_text(c.rundir, "rr-1")
+    assert "spare slots for joining nodes" in text and "Passive" not in text, text
     state = c.state()  # `knetlab status` shows each node's blocks, not a pod CIDR
     assert {n["name"]: n["blocks"] for n in state["nodes"]}["node-1"] == [block(c, "node-1")]
     assert "IPAM-BLOCKS" in summary_nodes(state)
@@ -125,15 +145,36 @@ def test_reflector_joins_use_spares_then_reload_and_client_returns(lab, monkeypa
             assert conf.read_text() == before  # joins on spare addresses: no reload
     assert "neighbor 192.168.0.18 {" in conf.read_text()  # node-7 moved the horizon: reloaded
     assert c.check().ok
-    # A client returns (speaker killed, started again): the reflectors' ExaBGP re-sends
-    # its adj-rib-out, and the client's block comes back everywhere.
+    # A client returns (speaker killed, started again by the watchdog): the reflectors'
+    # ExaBGP re-sends its adj-rib-out, and the client's block comes back everywhere.
     speaker, b2 = c.backend.speakers["node-2"], block(c, "node-2")
     os.kill(speaker.pid, signal.SIGKILL)
     poll(lambda: b2 not in bird_routes(c.node("node-1")), 3.0, "node-2 withdrawn")
-    speaker.start()
-    poll(lambda: bird_routes(c.node("node-2")) == others(c, "node-2"), 5.0,
+    poll(lambda: bird_routes(c.node("node-2")) == others(c, "node-2"), 8.0,
          "the returned client has every route again")
     poll(lambda: b2 in bird_routes(c.node("node-1")), 5.0, "node-2's block back")
+
+
+def test_up_fails_when_bgp_does_not_converge(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A node whose speaker has the wrong AS never gets a session: `up` fails naming what
+    did not converge, and tears down what it built."""
+    monkeypatch.setattr(calico, "CONVERGE_TIMEOUT", 3.0)
+    node_config = calico.CalicoBgpBackend._node_config
+
+    def wrong_as(self, node):  # noqa: ANN001, ANN202
+        cfg = node_config(self, node)
+        if node.name == "node-3":
+            cfg.asn += 1  # its peers expect 64512: they refuse its OPEN
+        return cfg
+
+    monkeypatch.setattr(calico.CalicoBgpBackend, "_node_config", wrong_as)
+    text = (TOPOLOGIES / "calico-mesh.yaml").read_text()
+    c = Cluster.load(write_topology(tmp_path, text.replace("ca-mesh", "ca-noconv")))
+    with pytest.raises(KnetlabError, match="BGP did not converge within 3 s") as err:
+        c.up()
+    assert "node-3" in str(err.value) and "lacks routes to" in str(err.value)
+    assert "sessions not established" in str(err.value)
+    assert not c.rundir.path.exists() and c.net is None  # torn down
 
 
 def test_bird_reflector(lab) -> None:  # noqa: ANN001

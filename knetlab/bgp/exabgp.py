@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 RELOADED = "loaded new configuration successfully"  # ExaBGP's log line after a (re)load
 STATE_FILE = "bgp-state.json"  # written by the API program: peers and learned routes
+MEMBERS_FILE = "members"  # a reflector's current clients (not its spares), one a line
 
 
 @dataclass(frozen=True)

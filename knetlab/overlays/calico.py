@@ -13,6 +13,10 @@
   natively inside a rack and encapsulates only between racks.
 
 All three take pod addresses from calico-ipam blocks of one pool (``pool``, ``blockSize``).
+
+As the calico-node container's supervisor does, a speaker (or reflector) that exits is
+started again after a doubling back-off (``knetlab.watchdog``). Bring-up and membership
+changes wait until every node has learned every block, and fail naming what is missing.
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from knetlab.bgp.bird import Bird, BirdConfig
 from knetlab.bgp.blocks import aggregate
-from knetlab.bgp.exabgp import ExaBGP, Neighbor, SpeakerConfig
+from knetlab.bgp.exabgp import MEMBERS_FILE, ExaBGP, Neighbor, SpeakerConfig
 from knetlab.cni.plugins.calico_ipam import BlockStore, allocate, claim_block, node_blocks
 from knetlab.daemon import DaemonError
 from knetlab.dataplane import Backend, register
+from knetlab.errors import KnetlabError
 from knetlab.nodes.host import NetnsHost
 from knetlab.routes import reconcile_routes
 from knetlab.store import DirWatch
 from knetlab.topologies.schema import NODE_HOST_OFFSET
+from knetlab.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from knetlab.daemon import Daemon
@@ -45,7 +51,6 @@ log = logging.getLogger("knetlab.calico")
 CONVERGE_TIMEOUT = 15.0
 MESH, RR, TOR = "node-to-node mesh", "route reflector", "ToR"
 SPARE_CLIENTS = 32  # reflector neighbours configured ahead of joins (_spare_clients)
-MEMBERS_FILE = "members"  # the clients an ExaBGP reflector primes when it starts
 
 
 def pool_settings(spec: ClusterSpec, f: Fields) -> tuple[str, int]:
@@ -167,6 +172,10 @@ class CalicoBgpBackend(CalicoIpamBackend):
         self._learned: dict[str, tuple[tuple[int, int], set[tuple[str, str]]]] = {}
         self._node_ok: dict[str, tuple[Any, ...]] = {}  # node -> what it was converged on
         self.horizon: dict[str, int] = {}  # reflector -> node indexes it is configured for
+        # The watchdog restarts under this lock; sync, removal and teardown change the
+        # daemons under it, so no restart races them.
+        self.lock = threading.RLock()
+        self.watchdog = Watchdog("calico-node", self.lock, self._daemons, self._restart)
 
     # -- reflectors ------------------------------------------------------------------
     def setup(self) -> None:
@@ -201,10 +210,12 @@ class CalicoBgpBackend(CalicoIpamBackend):
 
     def add_external_peer(self, name: str, ip: str) -> None:
         """An outside speaker (FRR, BIRD) becomes a client of every ExaBGP reflector."""
-        self.external[name] = ip
-        for owner, daemon in self.reflectors.items():
-            if isinstance(daemon, ExaBGP) and owner in self.rr_hosts:
-                daemon.reconfigure(self._rr_config(owner))
+        with self.lock:
+            self.external[name] = ip
+            for owner, daemon in self.reflectors.items():
+                if isinstance(daemon, ExaBGP) and owner in self.rr_hosts:
+                    self._write_members(owner)
+                    daemon.reconfigure(self._rr_config(owner))
 
     def _cluster_id(self, owner: str) -> str:
         return self.settings["cluster_id"] or self.rr_ips[owner]
@@ -217,8 +228,7 @@ class CalicoBgpBackend(CalicoIpamBackend):
                              str(self._client_range(owner)), others)
             daemon: Daemon = Bird(self.cluster.rundir, owner, host.netns, cfg)
         else:
-            members = self.cluster.rundir.daemon_dir(owner, "exabgp") / MEMBERS_FILE
-            members.write_text("".join(f"{ip}\n" for ip in self._members(owner)))
+            self._write_members(owner)
             daemon = ExaBGP(self.cluster.rundir, owner, host.netns, self._rr_config(owner),
                             speed=1.0)  # it relays every route to every client: no naps
         daemon.start()
@@ -238,7 +248,9 @@ class CalicoBgpBackend(CalicoIpamBackend):
         UPDATEs and seconds of CPU. So the reflectors know the addresses of the next
         SPARE_CLIENTS node indexes already (passive: nothing dials them), and the config
         changes, with one reload, only when joins pass that horizon. (ExaBGP's neighbour
-        ranges would avoid even that, but its API cannot send routes to their peers.)"""
+        ranges would avoid even that, but its API cannot send routes to their peers.)
+        Nobody configured these peers: ``bgp status`` counts them in one line, telling
+        them from clients by the members file (``_write_members``)."""
         top = max((n.index for n in self.cluster.spec.nodes), default=0)
         if top > self.horizon.get(owner, 0):  # a join past the spares (or the start)
             self.horizon[owner] = (top // SPARE_CLIENTS + 1) * SPARE_CLIENTS
@@ -247,6 +259,12 @@ class CalicoBgpBackend(CalicoIpamBackend):
                  for i in range(1, self.horizon[owner] + 1))
         return {str(h) for h in hosts if h in subnet and h != subnet.broadcast_address
                 and str(h) not in self.rr_ips.values()}
+
+    def _write_members(self, owner: str) -> None:
+        """The clients an ExaBGP reflector primes when it (re)starts, also read by ``bgp
+        status`` to tell real clients from spares."""
+        members = self.cluster.rundir.daemon_dir(owner, "exabgp") / MEMBERS_FILE
+        members.write_text("".join(f"{ip}\n" for ip in self._members(owner)))
 
     def _members(self, owner: str) -> list[str]:
         """The reflector's clients now: nodes in its range and outside speakers."""
@@ -333,7 +351,16 @@ class CalicoBgpBackend(CalicoIpamBackend):
         """Encapsulating variants create their tunnel device here."""
 
     def sync(self) -> None:
-        """Start speakers of new nodes; reload every speaker whose peers changed."""
+        """Start speakers of new nodes, reload every speaker whose peers changed, and wait
+        until every node has learned every block: raise, naming what is missing, if not."""
+        with self.lock:
+            self._sync_daemons()
+        self.watchdog.start()
+        timeout = self.converge_timeout()
+        if not self.wait_converged(timeout):
+            raise KnetlabError(self.convergence_problem(timeout))
+
+    def _sync_daemons(self) -> None:
         # Reflectors first and with the whole membership: ExaBGP drops routes its API
         # program injected when a reload touches a neighbour, so avoid reloads at start.
         reloading = []
@@ -342,6 +369,7 @@ class CalicoBgpBackend(CalicoIpamBackend):
             if daemon is None:
                 self._start_reflector(owner)
             elif isinstance(daemon, ExaBGP):
+                self._write_members(owner)
                 before = daemon.reconfigure(self._rr_config(owner))
                 if before is not None:
                     reloading.append((daemon, before))
@@ -362,7 +390,21 @@ class CalicoBgpBackend(CalicoIpamBackend):
                 speaker.wait_ready()
             except DaemonError:
                 speaker.start()  # stops what is left, starts it again (one retry)
-        self.wait_converged()
+
+    # -- the restart policy (calico-node's supervisor) --------------------------------
+    def _daemons(self) -> dict[tuple[str, str], Daemon]:
+        return {**{("speaker", n): d for n, d in self.speakers.items()},
+                **{("reflector", o): d for o, d in self.reflectors.items()}}
+
+    def _restart(self, key: tuple[str, str]) -> None:
+        """Start a dead speaker again with its current config (called under the lock).
+        Not waited for: a restart that dies is seen, and backed off, on the next look."""
+        kind, owner = key
+        daemon = (self.speakers if kind == "speaker" else self.reflectors)[owner]
+        daemon.stop()  # reaps it, and stops whatever is left of it by pid
+        if kind == "reflector" and isinstance(daemon, ExaBGP) and owner in self.rr_hosts:
+            self._write_members(owner)  # it primes the clients of now, not of its start
+        daemon.start(wait=False)
 
     def learned(self, node: str) -> set[tuple[str, str]]:
         """(peer, prefix) pairs a node's installer has learned (from its state file).
@@ -415,35 +457,68 @@ class CalicoBgpBackend(CalicoIpamBackend):
             self._node_ok[n.name] = seen
         return True
 
+    def converge_timeout(self) -> float:
+        # a 100-node bring-up boots 100 speakers on 2 cores
+        return max(CONVERGE_TIMEOUT, 0.4 * len(self.cluster.k8s_nodes()))
+
     def wait_converged(self, timeout: float | None = None) -> bool:
         """Poll until every node has learned everything (bring-up and membership changes
-        return converged, so `up --check` never races BGP)."""
-        if timeout is None:  # a 100-node bring-up boots 100 speakers on 2 cores
-            timeout = max(CONVERGE_TIMEOUT, 0.4 * len(self.cluster.k8s_nodes()))
+        return converged, so `up --check` never races BGP); False at the deadline."""
+        timeout = self.converge_timeout() if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.converged():
                 return True
             time.sleep(0.02)
-        blocks = self.all_blocks()
-        missing = {n.name: sorted(self.expected(n, blocks) - self.learned(n.name))[:3]
-                   for n in self.cluster.k8s_nodes()}
-        short = {n: m for n, m in missing.items() if m}
-        shown = dict(list(short.items())[:3])  # a 100-node dump would bury the message
-        log.warning("BGP not converged after %.0fs on %d nodes; see `knetlab bgp status`; "
-                    "missing (peer, prefix), first nodes: %s", timeout, len(short), shown)
+        log.warning("%s", self.convergence_problem(timeout))
         return False
 
+    def convergence_problem(self, timeout: float) -> str:
+        """What is missing, for the first few nodes (a 100-node dump would bury it):
+        the routes a node lacks, from whom, and its sessions that are not up."""
+        blocks, nodes = self.all_blocks(), self.cluster.k8s_nodes()
+        short = [n for n in nodes if not self.learned(n.name) >= self.expected(n, blocks)]
+        parts = []
+        for node in short[:3]:
+            missing = sorted(self.expected(node, blocks) - self.learned(node.name))
+            routes = ", ".join(f"{prefix} from {peer}" for peer, prefix in missing[:3])
+            more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+            speaker = self.speakers.get(node.name)
+            if speaker is None or not speaker.alive():
+                why = "its speaker is not running"
+            else:
+                why = self._sessions_down(speaker) or "all its sessions are up"
+            parts.append(f"{node.name} lacks routes to {routes}{more}; {why}")
+        if len(short) > 3:
+            parts.append(f"and {len(short) - 3} more nodes")
+        return (f"BGP did not converge within {timeout:.0f} s: " + "; ".join(parts)
+                + f" (speaker logs: {self.cluster.rundir.path}/daemons/NODE/exabgp/)")
+
+    @staticmethod
+    def _sessions_down(speaker: ExaBGP) -> str:
+        try:
+            peers = json.loads(speaker.state_file.read_text()).get("peers", {})
+        except (OSError, ValueError):
+            return "its speaker has written no state yet"
+        addrs = {n.address for n in speaker.cfg.neighbors}
+        down = [f"{a} {peers.get(a, {}).get('state') or 'idle'}"
+                + (f" ({peers[a]['info']})" if peers.get(a, {}).get("info") else "")
+                for a in sorted(addrs) if peers.get(a, {}).get("state") != "up"]
+        return f"sessions not established: {', '.join(down)}" if down else ""
+
     def remove_node(self, node: K8sNode) -> None:
-        speaker = self.speakers.pop(node.name, None)
-        if speaker:
-            speaker.stop()  # SIGTERM: ExaBGP closes its sessions, peers withdraw at once
+        with self.lock:
+            speaker = self.speakers.pop(node.name, None)
+            if speaker:
+                speaker.stop()  # SIGTERM: ExaBGP closes its sessions, peers withdraw at once
         self.release_blocks(node)
 
     def teardown(self) -> None:
-        for daemon in [*self.speakers.values(), *self.reflectors.values()]:
-            daemon.stop()
-        self.speakers, self.reflectors = {}, {}
+        self.watchdog.stop()  # first: it must not start what we stop
+        with self.lock:
+            for daemon in [*self.speakers.values(), *self.reflectors.values()]:
+                daemon.stop()
+            self.speakers, self.reflectors = {}, {}
 
     # -- views -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

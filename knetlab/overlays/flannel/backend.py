@@ -6,13 +6,12 @@ releases a leaving node's lease and waits until every agent has programmed the c
 membership. The kernel is programmed only by the agents (see ``agent`` and ``kernel``).
 
 As flanneld's DaemonSet, a crashed agent or forwarder is started again, after a back-off
-that doubles per crash (1 s to 10 s, kubelet's CrashLoopBackOff scaled to a lab).
+that doubles per crash (1 s to 10 s; ``knetlab.watchdog``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,15 +22,14 @@ from knetlab.errors import ConfigError, KnetlabError
 from knetlab.overlays.flannel import config as fconfig
 from knetlab.overlays.flannel import subnet
 from knetlab.overlays.flannel.daemons import FlannelAgent, UdpForwarder
+from knetlab.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from knetlab.nodes.k8snode import K8sNode
     from knetlab.topologies.fields import Fields
     from knetlab.topologies.schema import ClusterSpec
 
-log = logging.getLogger(__name__)
 SYNC_TIMEOUT = 10.0
-RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 10.0)  # seconds before the 1st, 2nd... restart
 
 
 class FlannelBackend(Backend):
@@ -43,9 +41,9 @@ class FlannelBackend(Backend):
         self.agents: dict[str, FlannelAgent] = {}
         self.forwarders: dict[str, UdpForwarder] = {}
         self.lock = threading.RLock()  # the watchdog thread and the cluster's calls
-        self.stopping = threading.Event()
-        self.watchdog: threading.Thread | None = None
-        self.crashes: dict[tuple[str, str], int] = {}
+        # the DaemonSet's part: start again what exited, each after its back-off
+        self.watchdog = Watchdog("flannel-daemonset", self.lock, self._daemons,
+                                 lambda key: self._restart(*key))
 
     @classmethod
     def validate(cls, spec: ClusterSpec, settings: Fields) -> dict[str, Any]:
@@ -103,35 +101,11 @@ class FlannelBackend(Backend):
                                        f"{want} (has {self._applied(agent)}); log tail:\n"
                                        f"{agent.log_tail()}")
                 time.sleep(0.02)
-        if self.watchdog is None:
-            self.watchdog = threading.Thread(target=self._watch, daemon=True,
-                                             name="flannel-daemonset")
-            self.watchdog.start()
+        self.watchdog.start()
 
-    def _watch(self) -> None:
-        """Start again what exited (the DaemonSet's part), each after its back-off."""
-        due: dict[tuple[str, str], float] = {}
-        while not self.stopping.wait(0.5):
-            with self.lock:
-                daemons = [*(("agent", n, d) for n, d in self.agents.items()),
-                           *(("forwarder", n, d) for n, d in self.forwarders.items())]
-                for kind, name, daemon in daemons:
-                    key = (kind, name)
-                    if daemon.alive() or self.stopping.is_set():
-                        continue
-                    crashes = self.crashes.get(key, 0)
-                    if key not in due:
-                        wait = RESTART_BACKOFF[min(crashes, len(RESTART_BACKOFF) - 1)]
-                        due[key] = time.monotonic() + wait
-                        log.warning("flannel %s on %s exited; starting it again in %.0f s",
-                                    kind, name, wait)
-                    elif time.monotonic() >= due[key]:
-                        del due[key]
-                        self.crashes[key] = crashes + 1
-                        try:
-                            self._restart(kind, name)
-                        except Exception:  # noqa: BLE001 - retried after the next back-off
-                            log.exception("restarting flannel %s on %s failed", kind, name)
+    def _daemons(self) -> dict[tuple[str, str], Any]:
+        return {**{("agent", n): d for n, d in self.agents.items()},
+                **{("forwarder", n): d for n, d in self.forwarders.items()}}
 
     def _restart(self, kind: str, name: str) -> int:
         node = self.cluster.node(name)
@@ -165,7 +139,7 @@ class FlannelBackend(Backend):
                     daemon.stop()
 
     def teardown(self) -> None:
-        self.stopping.set()  # first: the watchdog must not start what we stop
+        self.watchdog.stop()  # first: it must not start what we stop
         for name in list(self.agents):
             self._stop(name)
 
