@@ -142,3 +142,23 @@ if os.environ["CNI_COMMAND"] == "ADD":
     rt.delete("c1", pod)
     assert log.read_text().splitlines() == ["ADD stamp True", "DEL stamp True"]
     assert "eth0" not in in_ns(pod, "ip", "link")  # bridge DEL ran after stamp's
+
+
+def test_plugin_json_matches_json() -> None:
+    from knetlab.cni.types import dumps, loads
+    doc = {"a": [1, -2.5, None, True, False, "é\n\"x\""], "b": {"c": {}}, "d": 1e300}
+    assert loads(json.dumps(doc)) == doc and loads(" \n" + json.dumps(doc) + "\n") == doc
+    assert dumps(doc) == json.dumps(doc)
+    for bad in ("", "not json", '{"a": 1} x', "{", '{"a": }'):
+        with pytest.raises(ValueError):
+            loads(bad)
+
+
+def test_ipam_in_process_answers_as_its_executable(tmp_path: Path) -> None:
+    """bridge runs knetlab's host-local in its own process: same errors as exec'ing it."""
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "bridge",
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "not-a-cidr"}]],
+                     "dataDir": str(tmp_path / "ipam")}}
+    rc_b, err_b = raw("bridge", ADD_ENV, json.dumps(conf))
+    rc_h, err_h = raw("host-local", ADD_ENV, json.dumps(conf))
+    assert rc_b == rc_h == 1 and err_b == err_h and err_b["code"] == 7

@@ -81,6 +81,15 @@ def test_reference_plugins_and_ovs_switch(lab, tmp_path: Path) -> None:
     assert c.check().ok
 
 
+def test_knetlab_plugins_when_asked(lab, tmp_path: Path) -> None:
+    # the reference plugins are the default for host-gw; knetlab's stay selectable
+    topo = write_topology(tmp_path, "name: lab-kcni\ncni: knetlab\n"
+                                    "nodes: {count: 2}\npods: {perNode: 2}\n")
+    c = lab(topo)
+    assert c.nodes["node-1"].kubelet.runtime.cni_path[0].endswith("knetlab/cni/bin")
+    assert c.check().ok
+
+
 def test_live_node_and_pod_changes(lab, tmp_path: Path) -> None:
     topo = write_topology(tmp_path, "name: lab-live\nnodes: {count: 2}\npods: {perNode: 1}\n")
     c = lab(topo)

@@ -151,6 +151,15 @@ def test_calico_needs_knetlab_cni_plugins(tmp_path: Path) -> None:
     assert load_topology(write_topology(tmp_path, "name: x\ncni: reference\n")).cni == "reference"
 
 
+def test_cni_default_follows_the_data_plane(tmp_path: Path) -> None:
+    # reference plugins where bridge + host-local do (when installed); knetlab's for calico
+    ref = "reference" if Path("/usr/lib/cni/bridge").is_file() else "knetlab"
+    assert load_topology(write_topology(tmp_path, "name: x\n")).cni == ref
+    assert load_topology(write_topology(tmp_path, "name: x\ncni: knetlab\n")).cni == "knetlab"
+    calico = load_topology(write_topology(tmp_path, "name: x\ndataplane: calico-bgp\n"))
+    assert calico.cni == "knetlab"
+
+
 def test_bgp_mode_tor_needs_racks(tmp_path: Path) -> None:
     # refused for what the file says, whether or not this kernel has IPIP
     for plane in ("calico-bgp", "calico-ipip"):

@@ -6,17 +6,19 @@ delegate (bridge -> IPAM), exactly as libcni's invoke package does.
 
 from __future__ import annotations
 
-import json
 import os
 
 from knetlab.cni.netutil import run
-from knetlab.cni.types import CNIError
+from knetlab.cni.types import CNIError, dumps, loads
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
 if TYPE_CHECKING:
     from typing import Any
 
+#: knetlab's IPAM plugins that a delegating knetlab plugin runs in its own process
+IN_PROCESS = {"host-local": "host_local", "calico-ipam": "calico_ipam"}
+KNETLAB_BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bin")
 PLUGIN_NOT_FOUND = 127  # mirrors the shell's "command not found"; reported as a CNIError
 
 
@@ -31,15 +33,33 @@ def find_plugin(kind: str, paths: list[str]) -> str:
 def exec_plugin(path: str, conf: dict[str, Any], env: dict[str, str],
                 netns: str | None = None) -> dict[str, Any] | None:
     argv = [path] if not netns else ["nsenter", f"--net={netns}", "--", path]
-    rc, out, err = run(argv, json.dumps(conf), env)
+    rc, out, err = run(argv, dumps(conf), env)
     if rc != 0:
         raise CNIError.from_output(out, err, rc)
     out = out.strip()
-    return json.loads(out) if out else None
+    return loads(out) if out else None
 
 
 def delegate(kind: str, command: str, conf: dict[str, Any]) -> dict[str, Any] | None:
-    """Run another plugin (IPAM) with this process's CNI env but a different command."""
+    """Run another plugin (IPAM) with this process's CNI env but a different command.
+
+    When CNI_PATH finds knetlab's own host-local or calico-ipam, it runs in this process:
+    same input (the config as JSON), same result or CNIError, one python start less per
+    pod (~20 ms of CPU). Any other plugin of that name (the reference host-local) is run."""
     env = dict(os.environ, CNI_COMMAND=command)
     paths = [p for p in env.get("CNI_PATH", "").split(":") if p]
-    return exec_plugin(find_plugin(kind, paths), conf, env)
+    path = find_plugin(kind, paths)
+    module = IN_PROCESS.get(kind)
+    if module and os.path.realpath(os.path.dirname(path)) == os.path.realpath(KNETLAB_BIN):
+        return _in_process(module, env, conf)
+    return exec_plugin(path, conf, env)
+
+
+def _in_process(module: str, env: dict[str, str], conf: dict[str, Any]
+                ) -> dict[str, Any] | None:
+    from knetlab.cni.skel import call
+    mod = __import__(f"knetlab.cni.plugins.{module}", fromlist=["add"])
+    result = call(env, dumps(conf), mod.add, mod.delete, mod.check,
+                  getattr(mod, "status", None), getattr(mod, "gc", None))
+    # Through JSON as from a process: the caller gets its own copy, in JSON's types.
+    return None if result is None else loads(dumps(result))

@@ -52,20 +52,25 @@ def run(argv: list[str], input_text: str = "", env: dict[str, str] | None = None
 
 def _read_until(out_fd: int, err_fd: int, deadline: float) -> tuple[str, str, bool]:
     """Read stdout and stderr to their ends (both at once: a full pipe cannot block the
-    program), or until the deadline; True if both ended in time."""
+    program), or until the deadline; True if both ended in time. poll, not select: the
+    caller may hold over 1,024 descriptors (a big lab's process does)."""
     chunks: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
-    open_fds = [out_fd, err_fd]
+    poller = select.poll()
+    for fd in (out_fd, err_fd):
+        poller.register(fd, select.POLLIN)
+    open_fds = {out_fd, err_fd}
     while open_fds:
         left = deadline - time.monotonic()
-        ready = select.select(open_fds, [], [], left)[0] if left > 0 else []
+        ready = poller.poll(max(1, int(left * 1000))) if left > 0 else []
         if not ready:
             break
-        for fd in ready:
+        for fd, _ in ready:
             chunk = os.read(fd, 65536)
             if chunk:
                 chunks[fd].append(chunk)
             else:
-                open_fds.remove(fd)
+                open_fds.discard(fd)
+                poller.unregister(fd)
     for fd in (out_fd, err_fd):
         os.close(fd)
     out, err = (b"".join(chunks[fd]).decode(errors="replace") for fd in (out_fd, err_fd))

@@ -8,7 +8,6 @@ and exits 0 (or 1). Plugins only implement ``add``/``delete``/``check`` (+ optio
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -20,6 +19,8 @@ from knetlab.cni.types import (
     SUPPORTED_VERSIONS,
     CNIError,
     check_version,
+    dumps,
+    loads,
 )
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
@@ -63,7 +64,7 @@ def _parse(env: dict[str, str], stdin: str) -> Args:
     if missing:
         raise CNIError(INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
     try:
-        conf = json.loads(stdin)
+        conf = loads(stdin)
     except ValueError as exc:
         raise CNIError(DECODE_FAILURE, "failed to decode network configuration", str(exc)
                        ) from None
@@ -75,27 +76,38 @@ def _parse(env: dict[str, str], stdin: str) -> Args:
                 [p for p in env.get("CNI_PATH", "").split(":") if p], conf, version)
 
 
-def plugin_main(add: Handler, delete: Handler, check: Handler,
-                status: Handler | None = None, gc: Handler | None = None) -> None:
-    env = dict(os.environ)
+def call(env: dict[str, str], stdin: str, add: Handler, delete: Handler, check: Handler,
+         status: Handler | None = None, gc: Handler | None = None) -> dict[str, Any] | None:
+    """One invocation: the handler's result, or a CNIError (any other exception becomes an
+    INTERNAL one) whose ``version`` is the config's, for the error object. Used by
+    ``plugin_main`` and by plugins that run a knetlab IPAM plugin in their own process."""
     if env.get("CNI_COMMAND") == "VERSION":
-        sys.stdout.write(json.dumps({"cniVersion": SPEC_VERSION,
-                                     "supportedVersions": SUPPORTED_VERSIONS}))
-        sys.exit(0)
+        return {"cniVersion": SPEC_VERSION, "supportedVersions": SUPPORTED_VERSIONS}
     version = SPEC_VERSION
     try:
-        args = _parse(env, sys.stdin.read())
+        args = _parse(env, stdin)
         version = args.version
         handler = {"ADD": add, "DEL": delete, "CHECK": check,
                    "STATUS": status or (lambda a: None), "GC": gc or (lambda a: None)}
-        result = handler[args.command](args)
-        if result is not None:
-            sys.stdout.write(json.dumps(result))
-        sys.exit(0)
+        return handler[args.command](args)
     except CNIError as exc:
-        sys.stdout.write(json.dumps(exc.to_dict(version)))
-        sys.exit(1)
+        exc.version = version
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure must reach the runtime as JSON
-        sys.stdout.write(json.dumps(CNIError(INTERNAL, str(exc) or type(exc).__name__)
-                                    .to_dict(version)))
+        err = CNIError(INTERNAL, str(exc) or type(exc).__name__)
+        err.version = version
+        raise err from exc
+
+
+def plugin_main(add: Handler, delete: Handler, check: Handler,
+                status: Handler | None = None, gc: Handler | None = None) -> None:
+    env = dict(os.environ)
+    stdin = "" if env.get("CNI_COMMAND") == "VERSION" else sys.stdin.read()
+    try:
+        result = call(env, stdin, add, delete, check, status, gc)
+    except CNIError as exc:
+        sys.stdout.write(dumps(exc.to_dict(exc.version)))
         sys.exit(1)
+    if result is not None:
+        sys.stdout.write(dumps(result))
+    sys.exit(0)

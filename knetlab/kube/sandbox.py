@@ -28,12 +28,13 @@ Containers join with ``nsenter --target PID --net --uts --mount --root``.
 
 from __future__ import annotations
 
-import ctypes
+# Only builtin modules (no ctypes, json, socket, struct packages): their imports (re, enum,
+# ...) cost more CPU than the rest of the sandbox's set-up, and every pod pays it.
+import _ctypes
+import _json
+import _socket
 import fcntl
-import json
 import os
-import socket
-import struct
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -44,7 +45,26 @@ MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 MNT_DETACH = 2
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+class _Int(_ctypes._SimpleCData):  # ctypes.c_int
+    _type_ = "i"
+
+
+class _ULong(_ctypes._SimpleCData):  # ctypes.c_ulong
+    _type_ = "L"
+
+
+class _Func(_ctypes.CFuncPtr):  # a libc function returning int, errno kept (use_errno)
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _Int
+
+
+class _Libc:  # what ctypes.CDLL(None) holds: the handle functions are looked up in
+    _handle = _ctypes.dlopen(None, os.RTLD_NOW)
+
+
+def _libc(name: str) -> _Func:
+    return _Func((name, _Libc))
 
 
 class SandboxError(Exception):
@@ -53,7 +73,7 @@ class SandboxError(Exception):
 
 def _check(ret: int, what: str) -> None:
     if ret != 0:
-        err = ctypes.get_errno()
+        err = _ctypes.get_errno()
         raise SandboxError(f"{what}: {os.strerror(err)}")
 
 
@@ -61,32 +81,52 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
           data: str | None = None) -> None:
     def enc(s: str | None) -> bytes | None:
         return None if s is None else s.encode()
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags),
-                       enc(data)), f"mount {source or fstype} on {target}")
+    _check(_libc("mount")(enc(source), enc(target), enc(fstype), _ULong(flags), enc(data)),
+           f"mount {source or fstype} on {target}")
 
 
 def umount(target: str, flags: int = MNT_DETACH) -> None:
-    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+    _check(_libc("umount2")(target.encode(), flags), f"umount {target}")
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
+    _check(_libc("unshare")(flags), "unshare")
 
 
 def setns(path: str, nstype: int) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.setns(fd, nstype), f"setns {path}")
+        _check(_libc("setns")(fd, nstype), f"setns {path}")
     finally:
         os.close(fd)
 
 
 def link_up(name: str) -> None:
     """``ip link set NAME up`` without exec'ing ip: SIOCSIFFLAGS on a datagram socket."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifreq = struct.pack("16sH14x", name.encode(), 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, ifreq))[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        ifname = name.encode().ljust(16, b"\0")  # struct ifreq: name, short flags, padding
+        got = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifname + bytes(16))
+        flags = int.from_bytes(got[16:18], sys.byteorder) | IFF_UP
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, ifname + flags.to_bytes(2, sys.byteorder)
+                    + bytes(14))
+    finally:
+        s.close()
+
+
+def load_json(text: str) -> dict:
+    """json.loads through the C scanner json uses, without json's Python modules."""
+    ctx = type("Ctx", (), {"strict": True, "object_hook": None, "object_pairs_hook": None,
+                           "parse_float": float, "parse_int": int, "parse_constant": float,
+                           "memo": {}})
+    text = text.strip()
+    try:
+        obj, end = _json.make_scanner(ctx)(text, 0)
+    except StopIteration:
+        raise ValueError("sandbox.json is not JSON") from None
+    if end != len(text) or not isinstance(obj, dict):
+        raise ValueError("sandbox.json is not a JSON object")
+    return obj
 
 
 def build_root(pod_dir: str) -> str:
@@ -125,13 +165,13 @@ def write_file(path: str, content: str) -> None:
 
 def setup(pod_dir: str) -> None:
     with open(os.path.join(pod_dir, "sandbox.json")) as f:
-        spec = json.load(f)
+        spec = load_json(f.read())
     join = spec.get("netns")
     unshare(CLONE_NEWNS | CLONE_NEWUTS | (0 if join else CLONE_NEWNET))
     if join:
         setns(join, CLONE_NEWNET)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    socket.sethostname(spec["hostname"])
+    _socket.sethostname(spec["hostname"])
     if not join:
         link_up("lo")
     root = build_root(pod_dir)

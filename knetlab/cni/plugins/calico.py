@@ -10,12 +10,11 @@ IPAM by delegation (``calico-ipam``).
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-import subprocess
+# _sha1, not hashlib (which loads OpenSSL), no ipaddress, no subprocess: start-up time.
+import _sha1
 
 from knetlab.cni.invoke import delegate
-from knetlab.cni.netutil import RUN_TIMEOUT, ip_batch
+from knetlab.cni.netutil import int_to_ip, ip_batch, parse_cidr, run
 from knetlab.cni.plugins.bridge import VETH_FAILED
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
@@ -29,11 +28,24 @@ GATEWAY = "169.254.1.1"
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
-    return "cali" + hashlib.sha1(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
+    return "cali" + _sha1.sha1(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
 
 
 def _mac(name: str) -> str:
-    return "ee:" + ":".join(f"{b:02x}" for b in hashlib.sha1(name.encode()).digest()[:5])
+    return "ee:" + ":".join(f"{b:02x}" for b in _sha1.sha1(name.encode()).digest()[:5])
+
+
+def _ipv4(address: str) -> str:
+    """The address of ``a.b.c.d[/len]``, checked as ipaddress.IPv4Interface would."""
+    try:
+        ip, plen = parse_cidr(address)
+        if not 0 <= plen <= 32 or not all(0 <= int(x) <= 255 for x in
+                                          address.partition("/")[0].split(".")):
+            raise ValueError
+    except ValueError:
+        raise CNIError(INVALID_CONFIG, f"IPAM returned an invalid address {address!r}"
+                       ) from None
+    return int_to_ip(ip)
 
 
 def _conf(args: Args) -> dict[str, Any]:
@@ -56,7 +68,7 @@ def add(args: Args) -> dict[str, Any]:
 def _wire(args: Args, conf: dict[str, Any], ipam: dict[str, Any]) -> dict[str, Any]:
     if not ipam.get("ips"):
         raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP addresses")
-    ip = ipaddress.IPv4Interface(ipam["ips"][0]["address"]).ip
+    ip = _ipv4(ipam["ips"][0]["address"])
     mtu = int(conf.get("mtu", 1500))
     veth = host_veth_name(args.container_id, args.ifname)
     host_mac, pod_mac = _mac(veth), _mac(f"{veth}/pod")
@@ -88,17 +100,15 @@ def delete(args: Args) -> None:
     conf = _conf(args)
     delegate(conf["ipam"]["type"], "DEL", conf)
     # Deleting the host end removes the pod end and the /32 route with it.
-    subprocess.run(["ip", "link", "del", host_veth_name(args.container_id, args.ifname)],
-                   capture_output=True, timeout=RUN_TIMEOUT)
+    run(["ip", "link", "del", host_veth_name(args.container_id, args.ifname)])
 
 
 def check(args: Args) -> None:
     conf = _conf(args)
     delegate(conf["ipam"]["type"], "CHECK", conf)
     veth = host_veth_name(args.container_id, args.ifname)
-    shown = subprocess.run(["ip", "-o", "route", "show", "dev", veth], capture_output=True,
-                           text=True, timeout=RUN_TIMEOUT)
-    if shown.returncode or "scope link" not in shown.stdout:
+    rc, out, _ = run(["ip", "-o", "route", "show", "dev", veth])
+    if rc or "scope link" not in out:
         raise CNIError(VETH_FAILED, f"calico: no host route through {veth}")
 
 

@@ -18,12 +18,11 @@ ipam config: ``{"type": "calico-ipam", "datastore": "<run dir>/store", "pool":
 from __future__ import annotations
 
 import fcntl
-import ipaddress
-import json
 import os
 
+from knetlab.cni.netutil import int_to_ip, parse_cidr
 from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
+from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result, dumps, loads
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -63,7 +62,7 @@ class BlockStore:
     def read(self, cidr: str) -> dict[str, Any] | None:
         try:
             with open(self._path(cidr)) as f:
-                return json.load(f)
+                return loads(f.read())
         except (OSError, ValueError):
             return None
 
@@ -71,7 +70,7 @@ class BlockStore:
         path = self._path(block["cidr"])
         claim = not os.path.exists(path)
         with open(path + ".tmp", "w") as f:
-            json.dump(block, f)
+            f.write(dumps(block))
         os.replace(path + ".tmp", path)
         self._bump(".revision")
         if claim:
@@ -118,7 +117,7 @@ class BlockStore:
             if name.endswith(".json"):
                 try:
                     with open(os.path.join(base, name)) as f:
-                        out.append(json.load(f))
+                        out.append(loads(f.read()))
                 except (OSError, ValueError):
                     continue
         return out
@@ -128,12 +127,31 @@ def node_blocks(store: BlockStore, node: str) -> list[dict[str, Any]]:
     return [b for b in store.blocks() if b.get("node") == node]
 
 
+def _span(cidr: str) -> tuple[int, int]:
+    """First and last address of a network (as ints; no ipaddress: plugin start-up time)."""
+    addr, plen = parse_cidr(cidr)
+    if not 0 <= plen <= 32:
+        raise ValueError(f"{cidr!r} is not an IPv4 network")
+    size = 1 << (32 - plen)
+    first = addr & ~(size - 1) & 0xFFFFFFFF
+    return first, first + size - 1
+
+
+def _subnets(pool: str, size: int) -> list[str]:
+    """The pool's /size blocks in address order (ipaddress' ``subnets(new_prefix=size)``)."""
+    first, last = _span(pool)
+    if size < int(pool.partition("/")[2] or 32):
+        raise ValueError(f"blockSize /{size} is larger than pool {pool}")
+    step = 1 << (32 - size)
+    return [f"{int_to_ip(n)}/{size}" for n in range(first, last + 1, step)]
+
+
 def claim_block(store: BlockStore, pool: str, size: int, node: str) -> dict[str, Any]:
     """Claim the first free block of the pool for ``node`` (call under the lock)."""
     taken = {b["cidr"] for b in store.blocks()}
-    for net in ipaddress.IPv4Network(pool).subnets(new_prefix=size):
-        if str(net) not in taken:
-            block = {"cidr": str(net), "node": f"{node}", "affinity": f"host:{node}",
+    for net in _subnets(pool, size):
+        if net not in taken:
+            block = {"cidr": net, "node": f"{node}", "affinity": f"host:{node}",
                      "allocations": {}}
             store.write(block)
             return block
@@ -142,9 +160,9 @@ def claim_block(store: BlockStore, pool: str, size: int, node: str) -> dict[str,
 
 def _usable(block: dict[str, Any], pool: str) -> list[str]:
     """Every address of the block but the pool's own network and broadcast addresses."""
-    p = ipaddress.IPv4Network(pool)
-    skip = {p.network_address, p.broadcast_address}
-    return [str(ip) for ip in ipaddress.IPv4Network(block["cidr"]) if ip not in skip]
+    first, last = _span(pool)
+    lo, hi = _span(block["cidr"])
+    return [int_to_ip(ip) for ip in range(lo, hi + 1) if ip not in (first, last)]
 
 
 def allocate(store: BlockStore, pool: str, size: int, node: str, handle: str) -> str:

@@ -17,17 +17,24 @@ Options: ``bridge``, ``ovsdb`` (unix:PATH), ``mtu``, ``node``, ``podCIDR``, ``st
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
-import subprocess
 import time
 
 from knetlab.cni.invoke import delegate
-from knetlab.cni.netutil import RUN_TIMEOUT, ip_batch, local_mac, mac_for, pod_lines
+from knetlab.cni.netutil import (
+    RUN_TIMEOUT,
+    TIMED_OUT,
+    int_to_ip,
+    ip_batch,
+    local_mac,
+    mac_for,
+    parse_cidr,
+    pod_lines,
+    run,
+)
 from knetlab.cni.plugins.bridge import host_veth_name
 from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
+from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result, loads
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -59,14 +66,12 @@ def _pod_name(args: Args) -> str:
 
 
 def _run(argv: list[str], what: str, code: int, check: bool = True) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise CNIError(code, f"failed to {what}", f"timed out after {RUN_TIMEOUT:g}s"
-                       ) from None
-    if check and proc.returncode != 0:
-        raise CNIError(code, f"failed to {what}", (proc.stderr or proc.stdout).strip())
-    return proc.stdout
+    rc, out, err = run(argv)
+    if rc == TIMED_OUT:
+        raise CNIError(code, f"failed to {what}", f"timed out after {RUN_TIMEOUT:g}s")
+    if check and rc != 0:
+        raise CNIError(code, f"failed to {what}", (err or out).strip())
+    return out
 
 
 def _vsctl(conf: dict[str, Any], *args: str, check: bool = True) -> str:
@@ -96,11 +101,15 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
     if not ipam_result.get("ips"):
         raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP addresses")
     first = ipam_result["ips"][0]
-    addr = ipaddress.IPv4Interface(first["address"])
+    addr = first["address"]
+    ip_int, plen = parse_cidr(addr)
+    ip = int_to_ip(ip_int)
+    if not 0 <= plen <= 32 or ip != addr.partition("/")[0]:
+        raise CNIError(INVALID_CONFIG, f"IPAM returned an invalid address {addr!r}")
     gw = first.get("gateway")
     mtu = int(conf.get("mtu", 1450))
     veth = host_veth_name(args.container_id, args.ifname)
-    pod_mac = mac_for(addr.ip)
+    pod_mac = mac_for(ip)
     # A known host-side MAC: /sys/class/net here shows the root namespace, not the node's.
     ip_batch([f"link add {veth} mtu {mtu} address {local_mac(veth)} type veth peer name "
               f"{args.ifname} mtu {mtu} "
@@ -112,18 +121,17 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
          f"turn off tx checksum offload on {args.ifname}", VETH_FAILED)
     nft = (f"table netdev {NFT_TABLE} {{}}\nadd chain netdev {NFT_TABLE} in-{veth} {{ type "
            f"filter hook ingress device \"{veth}\" priority 0; policy drop; }}\n")
-    proc = subprocess.run(["nft", "-f", "-"], input=nft, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT)
-    if proc.returncode != 0:
-        raise CNIError(VETH_FAILED, f"failed to add the ingress drop on {veth}", proc.stderr)
-    ofport = POD_PORT_BASE + int(addr.ip) - int(ipaddress.IPv4Network(conf["podCIDR"])
-                                                 .network_address)
+    rc, _, err = run(["nft", "-f", "-"], nft)
+    if rc != 0:
+        raise CNIError(VETH_FAILED, f"failed to add the ingress drop on {veth}", err)
+    net, net_len = parse_cidr(conf["podCIDR"])
+    ofport = POD_PORT_BASE + ip_int - (net & (0xFFFFFFFF << (32 - net_len)) & 0xFFFFFFFF)
     name = _pod_name(args)
     _vsctl(conf, "--may-exist", "add-port", conf.get("bridge", "br-int"), veth, "--", "set",
            "interface", veth, f"ofport_request={ofport}", f"external_ids:iface-id={name}",
-           f"external_ids:attached-mac={pod_mac}", f"external_ids:ip={addr.ip}")
+           f"external_ids:attached-mac={pod_mac}", f"external_ids:ip={ip}")
     rev = _store(conf).put(f"ovs/pods/{name}", {"name": name, "node": conf["node"],
-                                                "ip": str(addr.ip), "ofport": ofport,
+                                                "ip": ip, "ofport": ofport,
                                                 "port": veth})
     _wait_flows(conf, rev)
     return add_result(args.version,
@@ -152,7 +160,7 @@ def _wait_flows(conf: dict[str, Any], rev: int) -> None:
     while time.monotonic() < deadline:
         try:
             with open(conf["controllerStatus"]) as f:
-                switches = json.load(f).get("switches", {})
+                switches = loads(f.read()).get("switches", {})
         except (OSError, ValueError):
             switches = {}
         if switches and all(s.get("synced_rev", -1) >= rev for s in switches.values()):
@@ -165,9 +173,8 @@ def _wait_flows(conf: dict[str, Any], rev: int) -> None:
 def _unwire(args: Args, conf: dict[str, Any]) -> None:
     veth = host_veth_name(args.container_id, args.ifname)
     _vsctl(conf, "--if-exists", "del-port", conf.get("bridge", "br-int"), veth, check=False)
-    subprocess.run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"],
-                   capture_output=True, timeout=RUN_TIMEOUT)
-    subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=RUN_TIMEOUT)
+    run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"])
+    run(["ip", "link", "del", veth])
 
 
 def delete(args: Args) -> None:

@@ -12,6 +12,7 @@ the API refuses fails once, not 500 times.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,6 +39,8 @@ from knetlab.kube.controllers.util import (
 log = logging.getLogger("knetlab.kube.controllers.replicaset")
 
 BURST = 500  # kube's burstReplicas: most pods created or deleted in one sync
+STATUS_CHUNK = 32  # creations between two looks at the clock in a long sync
+STATUS_EVERY = 1.0  # seconds between status writes during a long sync
 
 
 def plan_replicas(want: int, active: list[Obj], burst: int = BURST) -> tuple[int, list[Obj]]:
@@ -130,10 +133,15 @@ class ReplicaSetController(Controller):
             return
         spec = rs.get("spec") or {}
         selector = spec.get("selector")
+        # Expectations before the cache, as kube reads them: the pod informer indexes a pod
+        # before its handler lowers the expectation, so once satisfied, the cache read next
+        # holds every pod counted. Read after, a pod landing in between was counted but not
+        # seen, and created again (1,032 pods for 1,000 replicas).
+        satisfied = self.expectations.satisfied(key)
         pods = self.claim(rs, self.kind, self.api_version,
                           lambda p: selector_matches(selector, labels(p)))
         active = [p for p in pods if pod_active(p)]
-        if self.expectations.satisfied(key) and not deleting(rs):
+        if satisfied and not deleting(rs):
             want = int(spec.get("replicas", 1))
             create, delete = plan_replicas(want, active)
             if create:
@@ -152,12 +160,19 @@ class ReplicaSetController(Controller):
                                 m["namespace"], generate_name=f"{m['name']}-")
         self.expectations.expect(key, adds=n)
         created, error = 0, None
+        last_status = time.monotonic()
         for batch in slow_start_batches(n):
-            results = list(self.pool.map(lambda _i: self._create_one(pod, m["namespace"]),
-                                         range(batch)))
-            ok = sum(1 for r in results if r is None)
-            created += ok
-            error = next((r for r in results if r is not None), None)
+            for chunk in range(0, batch, STATUS_CHUNK):
+                size = min(STATUS_CHUNK, batch - chunk)
+                results = list(self.pool.map(
+                    lambda _i: self._create_one(pod, m["namespace"]), range(size)))
+                created += sum(1 for r in results if r is None)
+                error = next((r for r in results if r is not None), None)
+                if error is not None:
+                    break
+                if time.monotonic() - last_status >= STATUS_EVERY:
+                    self._progress(key)
+                    last_status = time.monotonic()
             if error is not None:
                 break
         if created < n:
@@ -170,6 +185,18 @@ class ReplicaSetController(Controller):
             self.event(rs, self.kind, "FailedCreate", f"Error creating: {error}", "Warning",
                        self.api_version)
             raise error
+
+    def _progress(self, key: str) -> None:
+        """Status mid-sync: 500 creations take seconds on a busy API server, and the pods
+        created first are Ready long before the last is created."""
+        ns, _, name = key.partition("/")
+        rs = self.owners.get(name, ns)
+        if rs is None:
+            return
+        owned = self.ctx.informers.owner_index("pods").owned(meta(rs)["uid"])
+        status = replicaset_status(rs, [p for p in owned if pod_active(p)])
+        status.pop("observedGeneration")  # written when the sync is done
+        self.patch_status(self.resource, rs, status)
 
     def _create_one(self, pod: Obj, ns: str) -> Exception | None:
         try:

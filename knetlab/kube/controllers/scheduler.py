@@ -94,11 +94,15 @@ def wants_scheduling(pod: Obj) -> bool:
 
 class Scheduler(Controller):
     name = "scheduler"
+    #: a bind is one API round trip (~45 ms on a busy API server), mostly waiting: a few
+    #: workers overlap them; the choice itself is made under ``_lock`` (see ``_bind``)
+    workers = 4
 
     def setup(self) -> None:
         self.pods = self.informer("pods")
         self.nodes = self.informer("nodes")
         self._lock = threading.Lock()
+        self._ports_lock = threading.Lock()
         self._unschedulable: set[str] = set()
         self._bound: dict[str, str] = {}  # pod key -> node, for live bound pods
         self._counts: dict[str, int] = {}  # node -> live pods bound to it (cache + assumed)
@@ -145,8 +149,10 @@ class Scheduler(Controller):
         ports: dict[str, set[tuple[str, int, str]]] = {}
         if not host_ports(pod):
             return ports
+        with self._lock:
+            assumed = dict(self._bound)  # bound by us, maybe not yet seen bound
         for p in self.pods.items():
-            node = (p.get("spec") or {}).get("nodeName")
+            node = (p.get("spec") or {}).get("nodeName") or assumed.get(key_of(p))
             if node and phase(p) not in ("Succeeded", "Failed"):
                 ports.setdefault(node, set()).update(host_ports(p))
         return ports
@@ -158,18 +164,28 @@ class Scheduler(Controller):
             assumed = key in self._bound
         if pod is None or not wants_scheduling(pod) or assumed:
             return
+        if host_ports(pod):
+            # Rare; serialised so that two workers never give one hostPort to two pods.
+            with self._ports_lock:
+                self._bind(pod, key, ns, name)
+        else:
+            self._bind(pod, key, ns, name)
+
+    def _bind(self, pod: Obj, key: str, ns: str, name: str) -> None:
+        nodes, ports = self.nodes.items(), self._ports(pod)
         with self._lock:
-            counts = dict(self._counts)
-        node, why = choose_node(pod, self.nodes.items(), counts, self._ports(pod))
+            # Choice and assumption in one step: the other workers' choices count at once,
+            # so a burst spreads as evenly as one worker would spread it.
+            node, why = choose_node(pod, nodes, self._counts, ports)
+            if node:
+                self._count(key, node)  # assumed there until the watch shows it bound
+                self._unschedulable.discard(key)
         if not node:
             self._unschedulable_(pod, key, why)
             return
         body = {"apiVersion": "v1", "kind": "Binding",
                 "metadata": {"name": name, "namespace": ns, "uid": meta(pod).get("uid")},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
-        with self._lock:
-            self._count(key, node)  # assumed there until the watch shows it bound
-            self._unschedulable.discard(key)
         try:
             self.client.post_subresource("pods", name, "binding", body, ns)
         except ApiError as exc:
