@@ -155,7 +155,9 @@ class DirWatch:
         if self.fd < 0:
             time.sleep(min(seconds, 0.05))  # no inotify: poll
             return
-        if select.select([self.fd], [], [], seconds)[0]:
+        poller = select.poll()  # not select(): it fails on fds past 1,024 (a big lab's)
+        poller.register(self.fd, select.POLLIN)
+        if poller.poll(seconds * 1000):
             try:
                 while os.read(self.fd, 4096):
                     pass
