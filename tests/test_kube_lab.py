@@ -121,6 +121,9 @@ def test_nodes_and_topology_pods_are_api_objects(kube_lab: Cluster, kubectl: Kub
         assert mirrors[name]["spec"]["nodeName"] == pod.node_name
     wide = kubectl("get", "pods", "-o", "wide")
     assert "pod-1-0" in wide and kube_lab.pod("pod-1-0").ip in wide
+    # kubectl exec reaches a topology pod too (its namespace is a Mininet host's)
+    addr = kubectl("exec", "pod-1-0", "--", "ip", "-4", "-o", "addr", "show", "eth0")
+    assert f"inet {kube_lab.pod('pod-1-0').ip}/" in addr
 
 
 def test_knetlab_kubectl_and_etcdctl(kube_lab: Cluster) -> None:

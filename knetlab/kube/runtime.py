@@ -68,7 +68,8 @@ def sandbox_pid(rundir: Any, pod: dict[str, Any]) -> int:
 
 def sandbox_netns(rundir: Any, pod: dict[str, Any]) -> str:
     """The pod's network namespace (the node's, for hostNetwork pods) as a /proc path."""
-    return f"/proc/{sandbox_pid(rundir, pod)}/ns/net"
+    static = static_pod_pid(rundir, pod)
+    return f"/proc/{static if static is not None else sandbox_pid(rundir, pod)}/ns/net"
 
 
 def log_numbers(cdir: Path) -> list[int]:
@@ -120,9 +121,32 @@ def enter_argv(pid: int, working_dir: str, command: list[str]) -> list[str]:
             "env", "-C", working_dir or "/", "--", *command]
 
 
+MIRROR = "kubernetes.io/config.mirror"
+
+
+def static_pod_pid(rundir: Any, pod: dict[str, Any]) -> int | None:
+    """For a mirror pod (a pod of the topology file, wired before the API existed): the pid
+    of the Mininet shell that holds its network namespace, from the lab's state file."""
+    meta = pod["metadata"]
+    if MIRROR not in (meta.get("annotations") or {}):
+        return None
+    try:
+        state = json.loads((_base(rundir) / "state.json").read_text())
+        pid = int(state["hosts"][meta["name"]]["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NotFoundError(f"static pod {meta['name']} has no running shell") from None
+    if f"mininet:{meta['name']}".encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        raise NotFoundError(f"static pod {meta['name']} has no running shell")
+    return pid
+
+
 def exec_argv(rundir: Any, pod: dict[str, Any], container: str, command: list[str]
               ) -> tuple[list[str], dict[str, str]]:
     """argv + env for ``kubectl exec``: the container's env and working dir, in the pod."""
+    static = static_pod_pid(rundir, pod)
+    if static is not None:  # a topology pod: its namespace is a Mininet host's
+        return ["nsenter", f"--target={static}", "--net", "--", *command], \
+            {"PATH": DEFAULT_PATH}
     pid = sandbox_pid(rundir, pod)
     info = read_exec_info(pod_dir_of(rundir, pod), container)
     env = {"PATH": DEFAULT_PATH, **(info.get("env") or {})}

@@ -151,7 +151,21 @@ def build_root(pod_dir: str) -> str:
     except SandboxError:
         mount("/sys", root + "/sys", None, MS_BIND | MS_REC)
     mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for own in _own_dirs():  # knetlab's code and venv, for /agnhost and friends in the pod
+        hidden = own == "/tmp" or own.startswith("/tmp/")
+        if hidden or os.stat(own).st_dev != os.stat("/").st_dev:  # not in the overlay
+            os.makedirs(root + own, exist_ok=True)
+            mount(own, root + own, None, MS_BIND | MS_REC)
     return root
+
+
+def _own_dirs() -> list[str]:
+    """The checkout holding knetlab and the Python environment running it. The overlay shows
+    only the root filesystem and the private /tmp hides the rest, so a checkout under /tmp
+    (or on another mount) is bound in at the same path."""
+    code = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    dirs = {code, os.path.abspath(sys.prefix)}
+    return sorted(d for d in dirs if d != "/" and os.path.isdir(d))
 
 
 def write_file(path: str, content: str) -> None:
