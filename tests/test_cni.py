@@ -162,3 +162,53 @@ def test_ipam_in_process_answers_as_its_executable(tmp_path: Path) -> None:
     rc_b, err_b = raw("bridge", ADD_ENV, json.dumps(conf))
     rc_h, err_h = raw("host-local", ADD_ENV, json.dumps(conf))
     assert rc_b == rc_h == 1 and err_b == err_h and err_b["code"] == 7
+
+
+def reserved(tmp_path: Path) -> set[str]:
+    """host-local's reservations of network "t": one file per address."""
+    return {p.name for p in (tmp_path / "ipam" / "t").iterdir() if p.name[0].isdigit()}
+
+
+def test_status_and_gc_through_the_runtime(tmp_path: Path, netns: object) -> None:
+    """GCNetworkList: the cached attachment that is no longer valid is DEL'd (its veth goes),
+    a reservation no cache knows (a leak) is released by the plugins' GC, the valid pod
+    keeps its address and its connectivity."""
+    node, pod1, pod2 = netns(), netns(), netns()
+    rt = CNIRuntime(conf_list(tmp_path, version="1.1.0"), [KNETLAB_PLUGINS], tmp_path / "cache",
+                    node)
+    rt.status()
+    rt.add("c1", pod1)
+    rt.add("c2", pod2)
+    leak = {**ADD_ENV, "CNI_CONTAINERID": "leaked", "CNI_PATH": KNETLAB_PLUGINS}
+    ipam_conf = {"cniVersion": "1.1.0", "name": "t",
+                 "ipam": conf_list(tmp_path)["plugins"][0]["ipam"]}
+    rc, out = raw("host-local", leak, json.dumps(ipam_conf))
+    assert rc == 0
+    assert reserved(tmp_path) == {"10.77.0.2", "10.77.0.3", out["ips"][0]["address"][:-3]}
+    assert [a["containerId"] for a in rt.attachments()] == ["c1", "c2"]
+    rt.gc([("c1", "eth0")])
+    assert reserved(tmp_path) == {"10.77.0.2"}
+    assert [a["containerId"] for a in rt.attachments()] == ["c1"]
+    assert "eth0" not in in_ns(pod2, "ip", "link")
+    in_ns(pod1, "ping", "-c1", "-W2", "10.77.0.1")
+    rt.check("c1", pod1)
+    rt.gc([])
+    assert reserved(tmp_path) == set() and rt.attachments() == []
+
+
+def test_status_reports_a_bridge_name_taken(tmp_path: Path, netns: object) -> None:
+    node = netns()
+    in_ns(node, "ip", "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p")
+    rt = CNIRuntime(conf_list(tmp_path, version="1.1.0"), [KNETLAB_PLUGINS], tmp_path / "cache",
+                    node)
+    with pytest.raises(CNIError) as err:
+        rt.status()
+    assert err.value.code == 50 and "not a bridge" in err.value.msg
+
+
+def test_status_is_ready_before_spec_1_1(tmp_path: Path, netns: object) -> None:
+    """A 1.0.0 network has no STATUS: libcni takes it as ready without running a plugin."""
+    node = netns()
+    in_ns(node, "ip", "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p")
+    CNIRuntime(conf_list(tmp_path), [KNETLAB_PLUGINS], tmp_path / "cache", node).status()
+

@@ -69,3 +69,88 @@ def test_check_and_gc(tmp_path: Path) -> None:
 def test_old_result_versions_carry_ip_version(tmp_path: Path) -> None:
     _, res = ipam(tmp_path, "ADD", "c1", extra={"cniVersion": "0.3.1"})
     assert res["cniVersion"] == "0.3.1" and res["ips"][0]["version"] == "4"
+
+
+def test_status_ready_then_exhausted(tmp_path: Path) -> None:
+    v11 = {"cniVersion": "1.1.0"}
+    assert ipam(tmp_path, "STATUS", "", extra=v11) == (0, {})
+    for i in range(5):
+        ipam(tmp_path, "ADD", f"c{i}")
+    code, err = ipam(tmp_path, "STATUS", "", extra=v11)
+    assert code == 1 and err["code"] == 50 and "no free address" in err["msg"]
+    ipam(tmp_path, "DEL", "c0")
+    assert ipam(tmp_path, "STATUS", "", extra=v11)[0] == 0
+
+
+def test_status_and_gc_need_spec_1_1(tmp_path: Path) -> None:
+    for command in ("STATUS", "GC"):
+        code, err = ipam(tmp_path, command, "")  # the config says 1.0.0
+        assert code == 1 and err["code"] == 1
+
+
+def test_gc_reads_the_spec_text_key_too(tmp_path: Path) -> None:
+    """Spec 1.1.0's text calls the list cni.dev/attachments (libcni sends both names)."""
+    ipam(tmp_path, "ADD", "keep")
+    ipam(tmp_path, "ADD", "leak")
+    gc = {"cniVersion": "1.1.0",
+          "cni.dev/attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    assert ipam(tmp_path, "GC", "", extra=gc)[0] == 0
+    assert ipam(tmp_path, "CHECK", "keep")[0] == 0
+    assert ipam(tmp_path, "CHECK", "leak")[0] == 1
+
+
+CALICO_IPAM = str(Path(KNETLAB_PLUGINS) / "calico-ipam")
+
+
+def calico_ipam(tmp_path: Path, command: str, cid: str, pool: str = "10.8.0.0/28",
+                extra: dict | None = None) -> tuple[int, dict]:
+    conf = {"cniVersion": "1.1.0", "name": "calico",
+            "ipam": {"type": "calico-ipam", "datastore": str(tmp_path / "store"), "pool": pool,
+                     "blockSize": 30, "node": "node-1"}, **(extra or {})}
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/proc/self/ns/net",
+           "CNI_IFNAME": "eth0", "CNI_PATH": KNETLAB_PLUGINS, "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([CALICO_IPAM], input=json.dumps(conf), env=env, capture_output=True,
+                       text=True)
+    return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}
+
+
+def test_calico_ipam_gc_releases_leaks_keeps_valid_and_tunnels(tmp_path: Path) -> None:
+    from knetlab.cni.plugins.calico_ipam import BlockStore, allocate, node_blocks
+    keep = calico_ipam(tmp_path, "ADD", "keep")[1]["ips"][0]["address"]
+    calico_ipam(tmp_path, "ADD", "leak1")
+    calico_ipam(tmp_path, "ADD", "leak2")  # a second block: /30 blocks hold 4 addresses
+    with BlockStore(str(tmp_path / "store")) as store:
+        tunnel = allocate(store, "10.8.0.0/28", 30, "node-1", "vxlan-tunnel-addr")
+    gc = {"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    assert calico_ipam(tmp_path, "GC", "", extra=gc) == (0, {})
+    with BlockStore(str(tmp_path / "store")) as store:
+        left = {ip: h for b in node_blocks(store, "node-1") for ip, h in b["allocations"].items()}
+    assert left == {keep.split("/")[0]: "keep/eth0", tunnel: "vxlan-tunnel-addr"}
+
+
+def test_calico_ipam_status_says_when_the_pool_is_full(tmp_path: Path) -> None:
+    assert calico_ipam(tmp_path, "STATUS", "", pool="10.8.0.0/29") == (0, {})
+    # a /29 pool of /30 blocks: 6 usable (the pool's network and broadcast excluded)
+    assert all(calico_ipam(tmp_path, "ADD", f"c{i}", pool="10.8.0.0/29")[0] == 0
+               for i in range(6))
+    code, err = calico_ipam(tmp_path, "STATUS", "", pool="10.8.0.0/29")
+    assert code == 1 and err["code"] == 50 and "no free address" in err["msg"]
+
+
+def test_calico_plugin_delegates_status_and_gc(tmp_path: Path) -> None:
+    """STATUS and GC to the calico plugin reach its IPAM (spec: delegates get both)."""
+    calico_ipam(tmp_path, "ADD", "leak", pool="10.8.0.0/30")
+    conf = {"cniVersion": "1.1.0", "name": "calico", "type": "calico",
+            "ipam": {"type": "calico-ipam", "datastore": str(tmp_path / "store"),
+                     "pool": "10.8.0.0/30", "blockSize": 30, "node": "node-1"}}
+    env = {"CNI_PATH": KNETLAB_PLUGINS, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
+
+    def run(command: str) -> tuple[int, str]:
+        p = subprocess.run([str(Path(KNETLAB_PLUGINS) / "calico")], input=json.dumps(conf),
+                           env={**env, "CNI_COMMAND": command}, capture_output=True, text=True)
+        return p.returncode, p.stdout
+    calico_ipam(tmp_path, "ADD", "other", pool="10.8.0.0/30")  # the /30's 2nd and last
+    code, out = run("STATUS")
+    assert code == 1 and json.loads(out)["code"] == 50
+    assert run("GC") == (0, "")
+    assert run("STATUS") == (0, "")

@@ -2,8 +2,8 @@
 
 Reads CNI_* from the environment and the network configuration from stdin, calls the
 plugin's function for the command, writes the result (or the spec error object) to stdout
-and exits 0 (or 1). Plugins only implement ``add``/``delete``/``check`` (+ optional
-``status``/``gc``); argument checks and VERSION are here.
+and exits 0 (or 1). Plugins implement ``add``/``delete``/``check``/``status``/``gc``;
+argument checks, VERSION and the 1.1.0 floor of STATUS and GC are here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import sys
 
 from knetlab.cni.types import (
     DECODE_FAILURE,
+    INCOMPATIBLE_VERSION,
     INTERNAL,
+    INVALID_CONFIG,
     INVALID_ENV,
     SPEC_VERSION,
     SUPPORTED_VERSIONS,
@@ -21,6 +23,7 @@ from knetlab.cni.types import (
     check_version,
     dumps,
     loads,
+    version_tuple,
 )
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
@@ -44,6 +47,21 @@ class Args:
     @property
     def prev_result(self) -> dict[str, Any] | None:
         return self.conf.get("prevResult")
+
+    def valid_attachments(self) -> set[tuple[str, str]]:
+        """GC's still-valid (containerID, ifname) pairs. libcni sends the list under
+        ``cni.dev/valid-attachments`` and, because spec 1.1.0 misnamed it, also under
+        ``cni.dev/attachments`` (cni#1101): read both."""
+        out = set()
+        for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+            items = self.conf.get(key) or []
+            if not isinstance(items, list):
+                raise CNIError(INVALID_CONFIG, f"{key} must be a list of attachments")
+            for a in items:
+                if not isinstance(a, dict):
+                    raise CNIError(INVALID_CONFIG, f"{key}: {a!r} is not an attachment")
+                out.add((str(a.get("containerID", "")), str(a.get("ifname", ""))))
+        return out
 
 
 _REQUIRED = {
@@ -71,6 +89,10 @@ def _parse(env: dict[str, str], stdin: str) -> Args:
     if not isinstance(conf, dict):
         raise CNIError(DECODE_FAILURE, "network configuration must be a JSON object")
     version = check_version(conf)
+    if command in ("STATUS", "GC") and version_tuple(version) < (1, 1, 0):
+        # as libcni's skel: these verbs exist from spec 1.1.0 on
+        raise CNIError(INCOMPATIBLE_VERSION, f"config version {version} does not allow "
+                       f"{command}", "STATUS and GC need cniVersion 1.1.0 or later")
     return Args(command, env.get("CNI_CONTAINERID", ""), env.get("CNI_NETNS", ""),
                 env.get("CNI_IFNAME", ""), env.get("CNI_ARGS", ""),
                 [p for p in env.get("CNI_PATH", "").split(":") if p], conf, version)

@@ -6,6 +6,8 @@ Runs in the node's network namespace (the runtime puts it there); the pod's name
 
 Kernel work is batched: one ``ip -batch`` in the node and one in the pod. MACs are derived
 (``0a:58`` + the IPv4 address, as older Kubernetes bridges did) so nothing is read back.
+STATUS asks IPAM and checks the bridge name; GC runs IPAM's GC and drops the masquerade
+chains of containers no longer valid (found by the comment each rule carries).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from knetlab.cni.netutil import (
     short_hash,
 )
 from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
+from knetlab.cni.types import INVALID_CONFIG, PLUGIN_NOT_AVAILABLE, CNIError, add_result
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -46,27 +48,54 @@ def _conf(args: Args) -> dict[str, Any]:
     return conf
 
 
+def _masq_names(network: str, cid: str) -> tuple[str, str]:
+    """The reference plugin's chain name and rule comment for one container's masquerade."""
+    chain = "CNI-" + short_hash(f"{network}{cid}") + short_hash(f"{cid}{network}")
+    return chain, f'name: "{network}" id: "{cid}"'
+
+
 def _masq(args: Args, conf: dict[str, Any], addr: str, add: bool) -> None:
     """Reference layout: POSTROUTING -s IP -> CNI-<hash> (ACCEPT own subnet, else MASQUERADE)."""
-    chain = "CNI-" + short_hash(f"{conf['name']}{args.container_id}") + short_hash(
-        f"{args.container_id}{conf['name']}")
-    comment = f'name: "{conf["name"]}" id: "{args.container_id}"'
+    chain, comment = _masq_names(conf["name"], args.container_id)
     ip, plen = parse_cidr(addr)
     network = f"{int_to_ip(ip & (0xFFFFFFFF << (32 - plen)))}/{plen}"
     if add:
+        # iptables-restore quotes with "..." and \" only (a Python repr's '...' fails)
+        quoted = '"' + comment.replace('"', '\\"') + '"'
         rules = [f":{chain} - [0:0]",
-                 f"-A {chain} -d {network} -m comment --comment {comment!r} -j ACCEPT",
-                 f"-A {chain} ! -d 224.0.0.0/4 -m comment --comment {comment!r} -j MASQUERADE",
-                 f"-A POSTROUTING -s {int_to_ip(ip)} -m comment --comment {comment!r} -j {chain}"]
+                 f"-A {chain} -d {network} -m comment --comment {quoted} -j ACCEPT",
+                 f"-A {chain} ! -d 224.0.0.0/4 -m comment --comment {quoted} -j MASQUERADE",
+                 f"-A POSTROUTING -s {int_to_ip(ip)} -m comment --comment {quoted} -j {chain}"]
         rc, _, err = run(["iptables-restore", "--noflush", "-w"],
                          "*nat\n" + "\n".join(rules) + "\nCOMMIT\n")
         if rc != 0:
             raise CNIError(BRIDGE_FAILED, "failed to set up IP masquerade", err.strip())
         return
-    run(["iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", int_to_ip(ip), "-m",
+    _unmasq(conf["name"], args.container_id, int_to_ip(ip))
+
+
+def _unmasq(network: str, cid: str, ip: str) -> None:
+    chain, comment = _masq_names(network, cid)
+    run(["iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", ip, "-m",
          "comment", "--comment", comment, "-j", chain])
     run(["iptables", "-w", "-t", "nat", "-F", chain])
     run(["iptables", "-w", "-t", "nat", "-X", chain])
+
+
+def _stale_masq(network: str, valid_cids: set[str]) -> list[tuple[str, str]]:
+    """(container id, source address) of this network's masquerade rules whose container
+    is no valid attachment: read back from the comment every rule carries."""
+    rc, out, _ = run(["iptables", "-w", "-t", "nat", "-S", "POSTROUTING"])
+    marker = f'--comment "name: \\"{network}\\" id: \\"'
+    stale = []
+    for line in out.splitlines() if rc == 0 else []:
+        if marker not in line or " -s " not in line:
+            continue
+        cid = line.split(marker, 1)[1].split('\\"', 1)[0]
+        source = line.split(" -s ", 1)[1].split()[0].partition("/")[0]
+        if cid not in valid_cids:
+            stale.append((cid, source))
+    return stale
 
 
 def add(args: Args) -> dict[str, Any]:
@@ -149,5 +178,35 @@ def check(args: Args) -> None:
                            f"{ip['address']}", err.strip())
 
 
+def status(args: Args) -> None:
+    """Ready when IPAM is (spec: STATUS goes to the delegate too) and the bridge exists or
+    can be made: a link of that name that is no bridge would fail every ADD."""
+    conf = _conf(args)
+    delegate(conf["ipam"]["type"], "STATUS", conf)
+    br = conf.get("bridge", "cni0")
+    rc, out, _ = run(["ip", "-d", "-o", "link", "show", "dev", br])
+    if rc == 0 and " bridge " not in out:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"bridge: {br!r} exists and is not a bridge",
+                       out.strip()[:200])
+
+
+def gc(args: Args) -> None:
+    """IPAM's GC (reservations), then the masquerade chains of containers no longer valid.
+    Host veths need nothing: they went with their pod's namespace. Errors are collected,
+    so one failure does not stop the rest (spec: remove as much as possible)."""
+    conf = _conf(args)
+    valid_cids = {cid for cid, _ in args.valid_attachments()}
+    errors = []
+    try:
+        delegate(conf["ipam"]["type"], "GC", conf)
+    except CNIError as exc:
+        errors.append(exc)
+    if conf.get("ipMasq"):
+        for cid, source in _stale_masq(conf["name"], valid_cids):
+            _unmasq(conf["name"], cid, source)
+    if errors:
+        raise errors[0]
+
+
 def main() -> None:
-    plugin_main(add, delete, check)
+    plugin_main(add, delete, check, status, gc)

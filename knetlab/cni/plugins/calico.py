@@ -5,7 +5,7 @@ through it; a permanent neighbour entry for 169.254.1.1 (the host end's MAC, der
 nothing is read back) spares the pod an ARP round trip. Host side (``cali`` + 11 hex
 characters): proxy-ARP on (Calico's answer for 169.254.1.1 when the pod does ask) and a
 host route ``<pod>/32 dev cali...``, more specific than the blackhole of the node's block.
-IPAM by delegation (``calico-ipam``).
+IPAM by delegation (``calico-ipam``), STATUS and GC included.
 """
 
 from __future__ import annotations
@@ -112,5 +112,18 @@ def check(args: Args) -> None:
         raise CNIError(VETH_FAILED, f"calico: no host route through {veth}")
 
 
+def status(args: Args) -> None:
+    """Ready when IPAM is: the routed veth needs nothing shared but addresses."""
+    conf = _conf(args)
+    delegate(conf["ipam"]["type"], "STATUS", conf)
+
+
+def gc(args: Args) -> None:
+    """IPAM's GC releases stale addresses; the veth and its /32 route went with the pod's
+    namespace, so there is nothing else of an attachment left to collect."""
+    conf = _conf(args)
+    delegate(conf["ipam"]["type"], "GC", conf)
+
+
 def main() -> None:
-    plugin_main(add, delete, check)
+    plugin_main(add, delete, check, status, gc)

@@ -11,6 +11,9 @@ and ``.ipam-claims``, bumped only when a block changes hands):
 every read-modify-write happens under the store lock, which makes a claim atomic even
 when two nodes' plugins race for the same block. Stdlib only (``python3 -S``).
 
+STATUS fails (50) when the node can get no address (its blocks full, no block left);
+GC releases the node's pod allocations of attachments no longer valid.
+
 ipam config: ``{"type": "calico-ipam", "datastore": "<run dir>/store", "pool":
 "10.244.0.0/16", "blockSize": 26, "node": "node-1"}``.
 """
@@ -22,7 +25,14 @@ import os
 
 from knetlab.cni.netutil import int_to_ip, parse_cidr
 from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result, dumps, loads
+from knetlab.cni.types import (
+    INVALID_CONFIG,
+    PLUGIN_NOT_AVAILABLE,
+    CNIError,
+    convert_result,
+    dumps,
+    loads,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -235,5 +245,48 @@ def check(args: Args) -> None:
         raise CNIError(INVALID_CONFIG, f"calico-ipam: no address for {_handle(args)}")
 
 
+def _free_address(store: BlockStore, pool: str, size: int, node: str) -> bool:
+    """Could ``allocate`` hand out an address now: a free one in the node's blocks, or a
+    block of the pool nobody has claimed?"""
+    for b in node_blocks(store, node):
+        if any(ip not in b["allocations"] for ip in _usable(b, pool)):
+            return True
+    taken = {b["cidr"] for b in store.blocks()}
+    return any(net not in taken for net in _subnets(pool, size))
+
+
+def status(args: Args) -> None:
+    """Ready when the datastore is usable and an address can be handed out."""
+    ipam, pool, size, node = _config(args)
+    try:
+        with BlockStore(ipam["datastore"]) as store:
+            free = _free_address(store, pool, size, node)
+    except OSError as exc:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, "calico-ipam: the datastore is unusable",
+                       str(exc)) from None
+    except ValueError as exc:
+        raise CNIError(INVALID_CONFIG, f"calico-ipam: {exc}") from None
+    if not free:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"calico-ipam: pool {pool} has no free address "
+                       f"for {node}", "every block of the node is full and none is unclaimed")
+
+
+def gc(args: Args) -> None:
+    """Release the node's pod allocations whose (container, ifname) is no valid attachment.
+
+    Only CNI handles (``<containerID>/<ifname>``) are candidates: the tunnel addresses the
+    data plane allocates (``ipip-tunnel-addr``, ``vxlan-tunnel-addr``) are no attachment,
+    as Calico's GC leaves its tunnel handles alone. Blocks keep their affinity (as DEL)."""
+    ipam, _pool, _size, node = _config(args)
+    valid = {f"{cid}/{ifname}" for cid, ifname in args.valid_attachments()}
+    with BlockStore(ipam["datastore"]) as store:
+        for b in node_blocks(store, node):
+            stale = [ip for ip, h in b["allocations"].items() if "/" in h and h not in valid]
+            for ip in stale:
+                del b["allocations"][ip]
+            if stale:
+                store.write(b)
+
+
 def main() -> None:
-    plugin_main(add, delete, check)
+    plugin_main(add, delete, check, status, gc)

@@ -2,7 +2,8 @@
 
 Store layout (as the reference plugin): ``<dataDir>/<network>/<ip>`` holds
 ``<containerID>\\n<ifname>``; ``last_reserved_ip.0`` remembers where to continue, so a
-released address is not handed out again at once. DEL is idempotent.
+released address is not handed out again at once. DEL is idempotent. STATUS fails (50)
+when the range is full; GC releases the reservations of attachments no longer valid.
 Addresses are plain integers here (no ipaddress/pathlib: a plugin's import time is paid
 by every pod).
 """
@@ -14,7 +15,7 @@ import os
 
 from knetlab.cni.netutil import int_to_ip, ip_to_int
 from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, convert_result
+from knetlab.cni.types import INVALID_CONFIG, PLUGIN_NOT_AVAILABLE, CNIError, convert_result
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -181,11 +182,25 @@ def check(args: Args) -> None:
                        f"{args.container_id} interface {args.ifname}")
 
 
+def status(args: Args) -> None:
+    """Ready when the configuration is valid, the store usable and an address is free
+    (spec: a plugin with exhausted resources must say it cannot serve ADD)."""
+    try:
+        _, rs, store = _ipam(args)
+        taken = set(store.allocations())
+    except OSError as exc:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, "host-local: the address store is unusable",
+                       str(exc)) from None
+    if not any(int_to_ip(ip) not in taken for ip in rs.candidates(None)):
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"host-local: no free address in range set "
+                       f"{int_to_ip(rs.start)}-{int_to_ip(rs.end)}",
+                       f"{len(taken)} reservations in {store.dir}")
+
+
 def gc(args: Args) -> None:
     """Release every address whose (container, ifname) is not a valid attachment."""
     _, _, store = _ipam(args)
-    valid = {(a.get("containerID"), a.get("ifname"))
-             for a in args.conf.get("cni.dev/valid-attachments", [])}
+    valid = args.valid_attachments()
     lock = store.lock()
     try:
         for ip, owner in store.allocations().items():
@@ -196,4 +211,4 @@ def gc(args: Args) -> None:
 
 
 def main() -> None:
-    plugin_main(add, delete, check, gc=gc)
+    plugin_main(add, delete, check, status, gc)

@@ -9,7 +9,8 @@ pipeline expects -> the pod registered in the lab's store (``ovs/pods/NAME``), w
 controller learns it -> wait (bounded) until the controller has programmed every switch.
 
 If the controller is down, ADD still succeeds: the pod is in the store and gets its
-flows when the controller returns (as a pod waits for its CNI agent in a real cluster).
+flows when the controller returns (as a pod waits for its CNI agent in a real cluster);
+STATUS says so (51). GC forgets the node's pods of attachments no longer valid.
 
 Options: ``bridge``, ``ovsdb`` (unix:PATH), ``mtu``, ``node``, ``podCIDR``, ``store``,
 ``controllerStatus``, ``controllerPidFile``, ``flowWait`` (s, default 5), ``ipam``.
@@ -34,7 +35,14 @@ from knetlab.cni.netutil import (
 )
 from knetlab.cni.plugins.bridge import host_veth_name
 from knetlab.cni.skel import Args, plugin_main
-from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result, loads
+from knetlab.cni.types import (
+    INVALID_CONFIG,
+    LIMITED_CONNECTIVITY,
+    PLUGIN_NOT_AVAILABLE,
+    CNIError,
+    add_result,
+    loads,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -195,5 +203,41 @@ def check(args: Args) -> None:
         raise CNIError(OVS_FAILED, f"ovs: port {veth} is not on {conf.get('bridge', 'br-int')}")
 
 
+def status(args: Args) -> None:
+    """50 when ADD cannot work (IPAM cannot, ovsdb does not answer, no bridge); 51 when the
+    controller is down: ADD succeeds but the pod has no flows, and no pod's changes reach
+    the switches until the controller returns (limited connectivity)."""
+    conf = _conf(args)
+    delegate(conf["ipam"]["type"], "STATUS", conf)
+    br = conf.get("bridge", "br-int")
+    rc, out, err = run(["ovs-vsctl", f"--db={conf['ovsdb']}", "--timeout=5", "br-exists", br])
+    if rc == 2:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"ovs: bridge {br} does not exist")
+    if rc != 0:
+        raise CNIError(PLUGIN_NOT_AVAILABLE, f"ovs: ovsdb at {conf['ovsdb']} does not answer",
+                       (err or out).strip())
+    if conf.get("controllerStatus") and not _controller_alive(conf):
+        raise CNIError(LIMITED_CONNECTIVITY, "ovs: the OpenFlow controller is not running",
+                       f"pid file {conf.get('controllerPidFile')}")
+
+
+def gc(args: Args) -> None:
+    """Forget the node's pods whose port belongs to no valid attachment (store entry, OVS
+    port, ingress drop chain), then IPAM's GC."""
+    conf = _conf(args)
+    ports = {host_veth_name(cid, ifname) for cid, ifname in args.valid_attachments()}
+    store = _store(conf)
+    for key, pod in store.list("ovs/pods").items():
+        if pod.get("node") != conf["node"] or pod.get("port") in ports:
+            continue
+        store.delete(key)
+        veth = str(pod.get("port", ""))
+        if veth:
+            _vsctl(conf, "--if-exists", "del-port", conf.get("bridge", "br-int"), veth,
+                   check=False)
+            run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"])
+    delegate(conf["ipam"]["type"], "GC", conf)
+
+
 def main() -> None:
-    plugin_main(add, delete, check)
+    plugin_main(add, delete, check, status, gc)
