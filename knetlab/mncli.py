@@ -1,5 +1,6 @@
 """The Mininet CLI with cluster commands: pods and nodes are hosts (``pod-1-0 ping pod-2-0``),
-plus ``pods``, ``nodes``, ``routes NODE``, ``check``, ``status`` and the data plane's own."""
+plus ``pods``, ``nodes``, ``routes NODE``, ``check``, ``kubectl``, ``status`` and the data
+plane's own; ``help`` lists them all beside Mininet's."""
 
 from __future__ import annotations
 
@@ -27,18 +28,45 @@ class KnetCLI(CLI):
     def __init__(self, cluster: Cluster, **kw: Any) -> None:
         self.cluster = cluster
         assert cluster.backend
+        # The data plane's commands (``bgp``, ``leases``, ``flows``...) exist only on this
+        # instance: set before Mininet's __init__, which runs the command loop.
+        self.plane_commands: dict[str, str] = {}
         for name, fn in cluster.backend.cli_commands().items():
-            setattr(self, f"do_{name}", self._wrap(fn))
+            doc = ((fn.__doc__ or "").strip()
+                   or f"{name}: a command of the {cluster.backend.name} data plane")
+            setattr(self, f"do_{name}", self._wrap(fn, doc))
+            self.plane_commands[name] = doc
         super().__init__(cluster.net, **kw)
 
     @staticmethod
-    def _wrap(fn: Any) -> Any:
+    def _wrap(fn: Any, doc: str) -> Any:
         def do(line: str) -> None:
             try:
                 output(fn(line) + "\n")
             except KnetlabError as exc:
                 output(f"error: {exc}\n")
+        do.__doc__ = doc  # what ``help NAME`` prints
         return do
+
+    def get_names(self) -> list[str]:
+        # Cmd's help lists dir(class); the data plane's commands are the instance's own.
+        return dir(self)
+
+    def do_help(self, line: str) -> None:
+        """Describe available CLI commands (Mininet's, then knetlab's)."""
+        super().do_help(line)
+        if line == "":
+            output(self.knetlab_help())
+
+    def knetlab_help(self) -> str:
+        """knetlab's commands, each with the first line of its description."""
+        docs = {name[3:]: getattr(self, name).__doc__ or "" for name in vars(KnetCLI)
+                if name.startswith("do_") and name != "do_help"}
+        docs.update(self.plane_commands)
+        rows = [f"  {name:<10} {doc.strip().splitlines()[0] if doc.strip() else ''}"
+                for name, doc in sorted(docs.items())]
+        return ("\nknetlab's commands (pods and nodes are hosts too: pod-1-0 ping pod-2-0):\n"
+                + "\n".join(rows) + "\n")
 
     def default(self, line: str) -> None:
         """``NAME CMD``: as Mininet's, with the API's pods as hosts too (``web-0 ping web-1``)."""

@@ -4,6 +4,10 @@
 node (CNI results, IPAM, daemons' config/pid/log) and ``owned.jsonl``: one line per
 process or namespace created, appended *before or right after* creation so that a lab
 killed mid-bring-up can still be cleaned by ``knetlab clean``.
+
+Also how a command finds a running lab (``running_lab``: the run dir whose owner still
+lives) and its live state (``live_state``), so that feature commands look down to here,
+not up to the CLI.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from knetlab.errors import KnetlabError
 
 BASE = Path(os.environ.get("KNETLAB_RUN", "/run/knetlab"))
 PREFIX = "kl"  # every object knetlab makes in the root namespace starts with this
@@ -113,3 +119,35 @@ def pid_alive(pid: int, match: str = "") -> bool:
     except OSError:
         return False
     return match in cmdline
+
+
+# -- finding a running lab ---------------------------------------------------------
+
+def running_lab(name: str | None) -> tuple[RunDir, dict[str, Any]]:
+    """The run dir and state file of the lab ``name`` (or of the only one running) whose
+    owner (supervisor or Python program) is still alive."""
+    candidates = [RunDir(name)] if name else labs()
+    live = []
+    for rd in candidates:
+        state = rd.read_state()
+        if state and pid_alive(state.get("owner_pid", 0), state.get("owner_match", "\0")):
+            live.append((rd, state))
+    if not live:
+        which = f"lab {name!r} is not" if name else "no lab is"
+        raise KnetlabError(f"{which} running; start one with `knetlab up -d TOPOLOGY`")
+    if len(live) > 1:
+        names = ", ".join(rd.cluster for rd, _ in live)
+        raise KnetlabError(f"several labs are running ({names}); choose one with --cluster")
+    return live[0]
+
+
+def live_state(cluster: str | None) -> tuple[RunDir, dict[str, Any]]:
+    """A lab's state, live from its supervisor (controller state, leases, the API's pods);
+    else the last state file (a lab run from Python has no supervisor)."""
+    rd, state = running_lab(cluster)
+    from knetlab.supervisor import request  # it imports this module
+    try:
+        state = {**state, **request(rd, "state", timeout=10)}
+    except KnetlabError:
+        pass
+    return rd, state

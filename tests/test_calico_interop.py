@@ -59,10 +59,16 @@ def test_frr_and_bird_clients_of_exabgp_reflectors(tmp_path: Path, lab) -> None:
     bird = BirdClient(c.rundir, "bird-1", bird_host.netns,
                       BirdClientConfig(BIRD_IP, 64512, 3, rrs, [BIRD_NET]))
     try:
-        frr.start()
-        bird.start()
+        # The reflectors know the speakers before these dial: a reflector refuses a peer it
+        # has not configured yet, and the refused speaker waits for its connect timer.
         c.backend.add_external_peer("frr-1", FRR_IP)
         c.backend.add_external_peer("bird-1", BIRD_IP)
+        frr.start()  # ready: bgpd answers on its vty with its configured instance
+        bird.start()
+        # The sessions first (bounded by the reload, connect timer and hold time), then the
+        # routes: FRR's start and the reflectors' reload are slow on a cold machine, and
+        # must not eat the routes' deadline (the first-run flake of issue 10).
+        frr.wait_established()
         want = blocks(c)
         # knetlab -> FRR: every block, next hop the node, reflected attributes
         poll(lambda: set(want) <= set(frr.routes()), 10, "FRR learns every block")

@@ -15,11 +15,11 @@ from knetlab.mncli import KnetCLI
 pytestmark = [needs_root, pytest.mark.e2e]
 
 
-def test_cluster_commands_and_pods_as_hosts(lab, tmp_path: Path) -> None:
+def test_cluster_commands_and_pods_as_hosts(lab, tmp_path: Path, capfd) -> None:
     c = lab(write_topology(tmp_path, "name: lab-mncli\nnodes: {count: 2}\npods: {perNode: 1}\n"))
     script = tmp_path / "cmds"
     script.write_text("pods\nnodes\nroutes node-1\npod-1-0 ping -c1 -W2 pod-2-0\n"
-                      "check\nroutes\nroutes nowhere\n")
+                      "check\nroutes\nroutes nowhere\nhelp\nhelp leases\n")
     seen = io.StringIO()
     handler = logging.StreamHandler(seen)
     lg.addHandler(handler)  # Mininet's CLI prints through its logger
@@ -36,6 +36,16 @@ def test_cluster_commands_and_pods_as_hosts(lab, tmp_path: Path) -> None:
     assert "6/6 probes passed" in out
     assert "usage: routes NODE" in out
     assert "no pod, node or router 'nowhere'" in out
+    # help: Cmd's list (on stdout) and knetlab's section (through Mininet's logger) name
+    # knetlab's commands and the data plane's (set on the instance), each described
+    listing = capfd.readouterr().out
+    plane = set(c.backend.cli_commands())
+    assert plane, "this plane has its own commands (flannel: leases)"
+    for name in ("kubectl", "pods", "routes", "check", *plane):
+        assert name in listing.split(), (name, listing)
+        assert f"\n  {name} " in out, (name, out)
+    assert "Undocumented" not in listing
+    assert "data plane" in listing  # help leases: the command's description
 
 
 def test_api_pods_are_hosts_and_kubectl_runs(lab, tmp_path: Path, capfd) -> None:

@@ -26,7 +26,7 @@ def add_commands(sub: Any, cluster_arg: Callable[[argparse.ArgumentParser], None
 
 def cmd_status(args: argparse.Namespace) -> int:
     from knetlab.bgp.status import status_text
-    from knetlab.cli import running_lab
+    from knetlab.rundir import running_lab
     rd, _ = running_lab(args.cluster)
     print(status_text(rd, args.node))
     return 0
@@ -34,7 +34,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_routes(args: argparse.Namespace) -> int:
     from knetlab.bgp.status import routes_text
-    from knetlab.cli import running_lab
+    from knetlab.rundir import running_lab
     rd, _ = running_lab(args.cluster)
     print(routes_text(rd, args.node))
     return 0

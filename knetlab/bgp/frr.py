@@ -7,17 +7,26 @@ what bgpd learns lands in the namespace's kernel (``proto bgp``) as on a real FR
 vty sockets are in the daemons' dirs (``vtysh --vty_socket DIR``). FRR runs as Debian's
 ``frr`` user (root is not in the compiled-in vty group ``frrvty``), so the dirs are
 handed to that user; ``-P 0`` opens no telnet vty.
+
+Readiness is FRR's own word, not a file: bgpd creates its vty socket before it has read
+its config (the config is read by an event of its main loop), so ``is_ready`` asks bgpd
+over vtysh for its BGP instance, and ``wait_established`` waits for the sessions. A caller
+waiting for routes starts its route deadline only once the sessions are up: the time to
+reach Established (FRR's first start, a peer that refuses it until it reloads, both slow on
+a cold or loaded machine) is bounded by the connect timer and the hold time, the time from
+Established to the routes by the peer's update rate; one deadline for both flaked.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from knetlab import shell
-from knetlab.daemon import Daemon
+from knetlab.daemon import Daemon, DaemonError
 
 if TYPE_CHECKING:
     from knetlab.rundir import RunDir
@@ -57,6 +66,7 @@ class FrrConfig:
     neighbors: list[str]
     networks: list[str] = field(default_factory=list)
     hold_time: int = 3
+    connect_retry: int = 1  # seconds between dials of a peer that is not up
 
 
 class FrrBgpd(Daemon):
@@ -78,7 +88,7 @@ class FrrBgpd(Daemon):
         for n in c.neighbors:
             lines += [f" neighbor {n} remote-as {c.asn}",
                       f" neighbor {n} timers {keepalive} {c.hold_time}",
-                      f" neighbor {n} timers connect 1"]
+                      f" neighbor {n} timers connect {c.connect_retry}"]
         lines.append(" address-family ipv4 unicast")
         lines += [f"  network {p}" for p in c.networks]
         lines += [f"  neighbor {n} activate" for n in c.neighbors]
@@ -101,11 +111,44 @@ class FrrBgpd(Daemon):
         self.zebra.stop(timeout)
 
     def is_ready(self) -> bool:
-        return self.socket.exists()
+        """bgpd answers on its vty with the instance of its config (router id set)."""
+        if not self.socket.exists():
+            return False
+        out = self._vtysh("show bgp summary json", check=False)
+        try:
+            data = json.loads(out or "{}")
+        except ValueError:
+            return False
+        return data.get("ipv4Unicast", {}).get("routerId") == self.cfg.router_id
+
+    def session_timeout(self, peer_reload: float = 5.0) -> float:
+        """How long sessions may take to come up: the peer's own reload (``peer_reload``,
+        e.g. an ExaBGP reflector learning about us), a refused dial and the next one after
+        the connect timer, and an OPEN/KEEPALIVE exchange within the hold time."""
+        return peer_reload + 2 * self.cfg.connect_retry + self.cfg.hold_time
+
+    def wait_established(self, timeout: float | None = None) -> float:
+        """Wait until every configured neighbour is Established; return the seconds it took.
+        Raise DaemonError with FRR's summary when not within ``timeout``
+        (``session_timeout()`` by default)."""
+        limit = self.session_timeout() if timeout is None else timeout
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit:
+            if not self.alive():
+                raise DaemonError(f"bgpd on {self.owner} exited; log tail:\n{self.log_tail()}")
+            if set(self.cfg.neighbors) <= self.established():
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        raise DaemonError(f"bgpd on {self.owner}: sessions not Established after {limit}s:\n"
+                          f"{self._vtysh('show bgp summary', check=False)}")
+
+    def _vtysh(self, command: str, check: bool = True) -> str:
+        return shell.run(["vtysh", "-d", "bgpd", "--vty_socket", str(self.dir), "-c", command],
+                         netns=self.netns, check=check, timeout=10,
+                         context=f"vtysh on {self.owner}").stdout
 
     def vtysh(self, command: str) -> str:
-        return shell.run(["vtysh", "-d", "bgpd", "--vty_socket", str(self.dir), "-c", command],
-                         netns=self.netns, context=f"vtysh on {self.owner}").stdout
+        return self._vtysh(command)
 
     def routes(self) -> dict[str, dict[str, Any]]:
         """prefix -> the best path FRR holds (next hop, originator, cluster list...)."""

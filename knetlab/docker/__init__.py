@@ -9,5 +9,7 @@ Mininet host, with its command running in it.
 
 Modules: ``ports`` (publish specs, allocation), ``rules`` (render + apply the ruleset),
 ``drivers`` (bridge, macvlan, overlay), ``engine`` (containers and CNM objects per node),
-``proxy`` (the userland proxy program), ``cli`` (``knetlab docker NODE ...``).
+``proxy`` (the userland proxy program), ``execute`` (Docker's command line run on an
+engine; the Cluster owns the engines: ``Cluster.docker``), ``cli`` (``knetlab docker NODE
+...``, which only sends the argv to the lab).
 """

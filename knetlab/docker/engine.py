@@ -318,17 +318,9 @@ class DockerService:
             DRIVERS["overlay"].sync(eng, net, peers)
 
 
-def service_for(cluster: Cluster) -> DockerService:
-    svc = getattr(cluster, "_docker_service", None)
-    if svc is None or svc.cluster is not cluster:
-        svc = DockerService(cluster)
-        cluster._docker_service = svc  # type: ignore[attr-defined]
-    return svc
-
-
 def _host(subnet: str, n: int) -> str:
     return str(ipaddress.ip_network(subnet).network_address + n)
 
 
-__all__ = ["Container", "DaemonError", "DockerError", "Endpoint", "Engine", "Network",
-           "service_for"]
+__all__ = ["Container", "DaemonError", "DockerError", "DockerService", "Endpoint", "Engine",
+           "Network"]

@@ -33,7 +33,7 @@ def add_commands(sub: Any, cluster_arg: Callable[[argparse.ArgumentParser], None
 def kube_state(cluster: str | None) -> dict[str, str]:
     """The lab's Kubernetes endpoints; with several labs running, ``--cluster`` (or, for
     kubectl and etcdctl whose flags are all theirs, ``KNETLAB_CLUSTER``) picks one."""
-    from knetlab.cli import running_lab
+    from knetlab.rundir import running_lab
     rd, state = running_lab(cluster or os.environ.get("KNETLAB_CLUSTER"))
     kube = state.get("kubernetes")
     if not kube:

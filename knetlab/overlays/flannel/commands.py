@@ -18,9 +18,9 @@ def add_commands(sub: Any, cluster_arg: Callable[[argparse.ArgumentParser], None
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
-    from knetlab.cli import running_lab
     from knetlab.overlays.flannel import subnet
     from knetlab.overlays.flannel.backend import format_leases
+    from knetlab.rundir import running_lab
     from knetlab.store import lab_store
     rundir, _ = running_lab(args.cluster)
     store = lab_store(rundir.path)

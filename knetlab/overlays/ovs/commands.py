@@ -40,7 +40,7 @@ def add_commands(sub: Any, cluster_arg: Callable[[argparse.ArgumentParser], None
 
 
 def _lab(args: argparse.Namespace) -> tuple[RunDir, dict[str, Any]]:
-    from knetlab.cli import running_lab
+    from knetlab.rundir import running_lab
     rd, state = running_lab(args.cluster)
     if not str(state.get("dataplane", "")).startswith("ovs-"):
         raise KnetlabError(f"lab {rd.cluster} runs {state.get('dataplane')}, not an OVS "
