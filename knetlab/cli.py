@@ -18,7 +18,7 @@ from typing import Any
 
 from knetlab import __version__
 from knetlab.errors import ConfigError, KnetlabError
-from knetlab.rundir import RunDir, labs, pid_alive
+from knetlab.rundir import RunDir, live_state, running_lab
 
 EXIT_CONFIG, EXIT_ERROR = 2, 1
 
@@ -114,6 +114,7 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.bgp.commands",
     "knetlab.overlays.ovs.commands",
     "knetlab.kube.commands",
+    "knetlab.fault_commands",
 ]
 
 
@@ -130,24 +131,6 @@ def _positive_int(text: str) -> int:
 
 def _cluster_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", help="the lab's name (default: the only one running)")
-
-
-# -- finding a running lab ---------------------------------------------------------
-
-def running_lab(name: str | None) -> tuple[RunDir, dict[str, Any]]:
-    candidates = [RunDir(name)] if name else labs()
-    live = []
-    for rd in candidates:
-        state = rd.read_state()
-        if state and pid_alive(state.get("owner_pid", 0), state.get("owner_match", "\0")):
-            live.append((rd, state))
-    if not live:
-        which = f"lab {name!r} is not" if name else "no lab is"
-        raise KnetlabError(f"{which} running; start one with `knetlab up -d TOPOLOGY`")
-    if len(live) > 1:
-        names = ", ".join(rd.cluster for rd, _ in live)
-        raise KnetlabError(f"several labs are running ({names}); choose one with --cluster")
-    return live[0]
 
 
 # -- commands ------------------------------------------------------------------------
@@ -215,18 +198,6 @@ def cmd_down(args: argparse.Namespace) -> int:
     from knetlab.daemon import stop_pid
     stop_pid(state["owner_pid"], state["owner_match"], timeout=60)
     return 0
-
-
-def live_state(cluster: str | None) -> tuple[RunDir, dict[str, Any]]:
-    """A lab's state, live from its supervisor (controller state, leases, the API's pods);
-    else the last state file (a lab run from Python has no supervisor)."""
-    rd, state = running_lab(cluster)
-    from knetlab.supervisor import request
-    try:
-        state = {**state, **request(rd, "state", timeout=10)}
-    except KnetlabError:
-        pass
-    return rd, state
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mininet.net import Mininet
 
@@ -28,6 +28,7 @@ from knetlab.addons import Addon, addons
 from knetlab.check import Report, endpoints, format_report, run_check
 from knetlab.dataplane import Backend, backends
 from knetlab.errors import KnetlabError, NotFoundError
+from knetlab.faults import Faults
 from knetlab.kube.controlplane import ControlPlane
 from knetlab.nodes.host import NetnsHost
 from knetlab.nodes.k8snode import K8sNode
@@ -39,6 +40,9 @@ from knetlab.store import Store, lab_store
 from knetlab.topologies.fields import NAME_MAX, NODE_NAME_MAX, name_problem
 from knetlab.topologies.schema import ClusterSpec, PodSpec, load_topology
 from knetlab.topologies.underlay import Underlay
+
+if TYPE_CHECKING:
+    from knetlab.docker.engine import DockerService
 
 log = logging.getLogger("knetlab.cluster")
 CNI_WORKERS = 6  # plugin runs are mostly exec + wait; a few in flight fill 2 cores
@@ -59,6 +63,8 @@ class Cluster:
         self.control: ControlPlane | None = None  # its Kubernetes, unless spec.kubernetes is off
         self._kube: Any = None  # the official client, made on first use
         self.addons: list[Addon] = []  # cluster services on top of Kubernetes (knetlab.addons)
+        self.faults = Faults(self)  # injected faults (knetlab.faults); faults.clear() undoes
+        self.docker_service: DockerService | None = None  # node engines, made by `docker` use
 
     @classmethod
     def load(cls, path: str | Path) -> Cluster:
@@ -148,7 +154,18 @@ class Cluster:
         for node_spec in spec.nodes:
             self._start_node(node_spec)
         self.backend.sync()
+        self.underlay.start_reconciler(self._fabric_changed)
         self.timings["nodes"] = time.monotonic() - t
+
+    def _fabric_changed(self, nodes_back: list[K8sNode]) -> None:
+        """The underlay re-applied its routes after a link changed: a data plane that
+        programs the fabric re-programs it (next hops over the links now up), and the node
+        routes a returning uplink lost."""
+        backend = self.backend
+        if backend is not None and backend.wants_segment_router:
+            for node in nodes_back:
+                backend.setup_node(node)
+            backend.sync()
 
     def _start_node(self, node_spec: Any) -> K8sNode:
         assert self.net is not None and self.underlay and self.backend
@@ -329,6 +346,8 @@ class Cluster:
 
     # -- teardown ------------------------------------------------------------------
     def down(self) -> None:
+        if self.underlay is not None:
+            self.underlay.stop_reconciler()  # no re-apply into a lab being torn down
         for addon in self.addons:
             try:
                 addon.stop()
@@ -356,6 +375,7 @@ class Cluster:
         clean.clean_lab(self.rundir)  # whatever the steps above missed, by ownership
         self.net, self.backend, self.ovs = None, None, None
         self.nodes, self.pods = {}, {}
+        self.docker_service = None  # its engines' objects went with the nodes
 
     def _release_pods(self) -> None:
         """CNI DEL for every topology pod while its namespace and the data plane still
@@ -456,7 +476,7 @@ class Cluster:
 
     # -- requests from the CLI (through the supervisor) ----------------------------
     RPC = ("state", "add_node", "delete_node", "add_pod", "delete_pod", "check_report",
-           "docker")
+           "docker", "fault")
 
     def rpc(self, op: str, args: dict[str, Any]) -> Any:
         """Run one named operation for a remote caller; only RPC names (and the data
@@ -472,10 +492,18 @@ class Cluster:
     def check_report(self, sample: int | None = None) -> str:
         return format_report(self.check(sample))
 
+    def fault(self, action: str, args: dict[str, Any]) -> Any:
+        """One ``knetlab fault ACTION`` (link-down, kill, loss, ...; see knetlab.faults)."""
+        return self.faults.run(action, args)
+
     def docker(self, node: str, argv: list[str]) -> str:
-        """Run one ``docker`` command line on a node's emulated engine (knetlab.docker)."""
-        from knetlab.docker.cli import execute
-        return execute(self, node, argv)
+        """Run one ``docker`` command line on a node's emulated engine (knetlab.docker);
+        the engines are made on first use and belong to this cluster until ``down``."""
+        from knetlab.docker.engine import DockerService
+        from knetlab.docker.execute import execute
+        if self.docker_service is None:
+            self.docker_service = DockerService(self)
+        return execute(self.docker_service, node, argv)
 
     # -- state -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
