@@ -171,6 +171,19 @@ class ExaBGP(Daemon):
             os.kill(self.pid, signal.SIGUSR1)
         return before
 
+    def reload_until_applied(self, before: int, timeout: float = 6.0) -> bool:
+        """Wait for the reload ``reconfigure`` asked for, signalling again every 2 s: a
+        SIGUSR1 that reaches ExaBGP before it has installed its handler is lost, and the
+        peer it was meant for is then refused for good (FRR's interop run saw that)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.wait_reloaded(before, timeout=min(2.0, deadline - time.monotonic())):
+                return True
+            before = self._log_size()
+            if self.pid is not None and self.alive():
+                os.kill(self.pid, signal.SIGUSR1)
+        return False
+
     def wait_reloaded(self, before: int, timeout: float = 5.0) -> bool:
         """Wait until ExaBGP has applied a new config. A speaker that dials a peer which
         does not know it yet is refused, and ExaBGP backs off for seconds (the slow joins

@@ -209,13 +209,22 @@ class CalicoBgpBackend(CalicoIpamBackend):
         return host
 
     def add_external_peer(self, name: str, ip: str) -> None:
-        """An outside speaker (FRR, BIRD) becomes a client of every ExaBGP reflector."""
+        """An outside speaker (FRR, BIRD) becomes a client of every ExaBGP reflector.
+        Returns once the reflectors have reloaded: a speaker that dials one before is
+        refused, and FRR then backs off (its sessions stayed Idle past 10 s on a busy run)."""
         with self.lock:
             self.external[name] = ip
+            pending = []
             for owner, daemon in self.reflectors.items():
                 if isinstance(daemon, ExaBGP) and owner in self.rr_hosts:
                     self._write_members(owner)
-                    daemon.reconfigure(self._rr_config(owner))
+                    before = daemon.reconfigure(self._rr_config(owner))
+                    if before is not None:
+                        pending.append((daemon, before))
+        for daemon, before in pending:
+            if not daemon.reload_until_applied(before):
+                raise KnetlabError(f"reflector {daemon.owner} did not reload to accept {name} "
+                                   f"({ip}); log: {daemon.log_file}")
 
     def _cluster_id(self, owner: str) -> str:
         return self.settings["cluster_id"] or self.rr_ips[owner]
