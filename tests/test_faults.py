@@ -110,7 +110,10 @@ def test_killed_flannel_agent_heals(lab, tmp_path: Path) -> None:
     assert c.faults.kill("node-1", "flanneld").startswith("killed flanneld on node-1")
 
     def restarted() -> bool:
-        pid = int(pid_file.read_text() or 0)
+        try:  # the watchdog removes the pid file of the dead agent before the restart
+            pid = int(pid_file.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return False
         return pid != before and Path(f"/proc/{pid}").exists()
     poll(restarted, 15, "flanneld restarted by the watchdog")
     t0 = time.monotonic()
