@@ -7,6 +7,11 @@ so every add-on works on every data plane. Adding one is adding one module with 
 subclass decorated with ``@register`` and naming it in ``MODULES``; every registered add-on
 runs in every lab that has Kubernetes.
 
+An add-on with settings names its topology key in ``section`` (``kubeProxy``, ``dns``) and
+parses it in ``validate`` (before anything is built, errors naming file, line and field);
+the parsed dict is ``self.settings``. ``validate`` runs even when the key is absent (an empty
+``Fields``), so defaults live in one place.
+
 Life cycle, driven by ``Cluster`` once the control plane is up::
 
     start(cluster)          once: cluster-wide objects (a Service, a ConfigMap) and daemons
@@ -17,11 +22,13 @@ Life cycle, driven by ``Cluster`` once the control plane is up::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from knetlab.cluster import Cluster
     from knetlab.nodes.k8snode import K8sNode
+    from knetlab.topologies.fields import Fields
+    from knetlab.topologies.schema import ClusterSpec
 
 _REGISTRY: dict[str, type[Addon]] = {}
 
@@ -31,9 +38,22 @@ MODULES: list[str] = []  # e.g. "knetlab.addons.kubeproxy"
 
 class Addon:
     name: ClassVar[str]
+    #: topology key holding this add-on's settings (None: it takes none)
+    section: ClassVar[str | None] = None
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
+        if self.name not in cluster.spec.addon_settings:  # a spec not made by load_topology
+            from knetlab.topologies.fields import Fields
+            cluster.spec.addon_settings[self.name] = self.validate(
+                cluster.spec, Fields(None, cluster.spec.file, ""))
+        self.settings: dict[str, Any] = cluster.spec.addon_settings[self.name]
+
+    @classmethod
+    def validate(cls, spec: ClusterSpec, settings: Fields) -> dict[str, Any]:
+        """Parse this add-on's section (empty when absent); return its settings."""
+        settings.only([])
+        return {}
 
     def start(self) -> None:
         pass

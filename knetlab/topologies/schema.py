@@ -73,6 +73,8 @@ class ClusterSpec:
     nodes: list[NodeSpec] = field(default_factory=list)
     pods: list[PodSpec] = field(default_factory=list)
     dataplane_settings: dict[str, Any] = field(default_factory=dict)
+    #: each add-on's parsed settings by add-on name (knetlab.addons)
+    addon_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
 
     def node(self, name: str) -> NodeSpec:
@@ -113,7 +115,7 @@ class ClusterSpec:
 def load_topology(path: str | Path) -> ClusterSpec:
     file = str(path)
     top = Fields(load_yaml(path), file, "")
-    top.only(TOP_KEYS + _backend_sections())
+    top.only(TOP_KEYS + _backend_sections() + _addon_sections())
     spec = ClusterSpec(
         name=top.name("name", Path(file).stem.replace("_", "-").lower()),
         file=file,
@@ -137,12 +139,25 @@ def load_topology(path: str | Path) -> ClusterSpec:
     _nodes(spec, top)
     _pods(spec, top)
     _dataplane(spec, top)
+    _addons(spec, top)
     return spec
 
 
 def _backend_sections() -> list[str]:
     from knetlab.dataplane import backends
     return sorted({b.section for b in backends().values() if b.section})
+
+
+def _addon_sections() -> list[str]:
+    from knetlab.addons import addons
+    return sorted({a.section for a in addons().values() if a.section})
+
+
+def _addons(spec: ClusterSpec, top: Fields) -> None:
+    from knetlab.addons import addons
+    for name, cls in addons().items():
+        section = top.sub(cls.section) if cls.section else Fields(None, spec.file, "")
+        spec.addon_settings[name] = cls.validate(spec, section)
 
 
 def _underlay(f: Fields) -> Underlay:
