@@ -191,24 +191,14 @@ class Registry:
         if bmeta.get("name") and bmeta["name"] != name:
             raise bad_request(f'the name of the object ({bmeta["name"]}) does not match the '
                               f'name on the URL ({name})')
-        explicit = bool(bmeta.get("resourceVersion"))
-        for _ in range(20):
-            old, rev = await self.read(res, ns, name)
-            new = copy.deepcopy(body)
-            if sub == "scale":
-                new = strategies.from_scale(res, old, body)
-            try:
-                return await self.commit(res, ns, name, new, old, rev, sub, dry_run)
-            except _Lost:
-                if explicit:
-                    raise conflict(res, name) from None
-        raise conflict(res, name)
+        # A PUT is a patch that replaces the whole object: one read-commit-retry loop.
+        return await self.patch(res, ns, name, lambda _cur: copy.deepcopy(body), sub, dry_run)
 
     async def patch(self, res: Resource, ns: str | None, name: str,
                     apply: Callable[[Obj], Obj], sub: str = "", dry_run: bool = False) -> Obj:
         """Read, apply the patch function to the current object (or its Scale), commit;
-        retried when another write came in between, unless the patch pins a
-        resourceVersion."""
+        retried when another write came in between, unless the result pins a
+        resourceVersion (then a lost race is a 409 Conflict, as for a PUT carrying one)."""
         for _ in range(20):
             old, rev = await self.read(res, ns, name)
             cur = strategies.to_scale(old) if sub == "scale" else copy.deepcopy(old)
