@@ -15,7 +15,10 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHES = ["bringup", "flannel", "docker", "calico", "ovs", "kube"]  # modules, in run order
+BENCHES = [  # modules, in run order
+    "bringup", "flannel", "docker", "calico", "ovs", "kube",
+    "cycles",
+]
 
 
 def main() -> int:
