@@ -16,6 +16,8 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
+from knetlab.vxlan import VxlanDevice
+
 if TYPE_CHECKING:
     from knetlab.docker.engine import Endpoint, Engine, Network
     from knetlab.nodes.host import NetnsHost
@@ -110,27 +112,26 @@ class OverlayDriver:
     def create(self, engine: Engine, net: Network) -> None:
         pass  # made lazily on a node when its first container joins (as dockerd does)
 
+    @staticmethod
+    def device(engine: Engine, net: Network) -> VxlanDevice:
+        """dockerd's overlay: learning on, unknown and broadcast frames flooded to peers."""
+        return VxlanDevice(net.vxlan_ifname, net.vni, engine.node.node_ip, engine.node.uplink,
+                           VXLAN_PORT, OVERLAY_MTU, learning=True, master=net.ifname)
+
     def _ensure(self, engine: Engine, net: Network) -> None:
         node = engine.node
         if node.run(["ip", "link", "show", net.ifname], check=False).ok:
             return
-        vx = net.vxlan_ifname
         node.ip_batch([f"link add {net.ifname} type bridge stp_state 0 forward_delay 0",
-                       f"link add {vx} type vxlan id {net.vni} local {node.node_ip} "
-                       f"dev {node.uplink} dstport {VXLAN_PORT}",
-                       f"link set {vx} mtu {OVERLAY_MTU} master {net.ifname} up",
                        f"link set {net.ifname} up"],
                       context=f"create overlay {net.name} on {node.name}")
+        self.device(engine, net).ensure(node.netns)
 
     def sync(self, engine: Engine, net: Network, peers: list[str]) -> None:
         """Flood entries toward every other node that has joined (level-triggered)."""
-        if not engine.node.run(["ip", "link", "show", net.vxlan_ifname], check=False).ok:
-            return
-        lines = [f"fdb append 00:00:00:00:00:00 dev {net.vxlan_ifname} dst {p}"
-                 for p in peers if p != engine.node.node_ip]
-        if lines:
-            engine.node.run(["bridge", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
-                            check=False)
+        vx = self.device(engine, net)
+        if vx.exists(engine.node.netns):
+            vx.sync_flood(peers, engine.node.netns)
 
     def delete(self, engine: Engine, net: Network) -> None:
         engine.node.run(["ip", "link", "del", net.vxlan_ifname], check=False)

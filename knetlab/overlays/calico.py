@@ -39,6 +39,7 @@ from knetlab.nodes.host import NetnsHost
 from knetlab.routes import reconcile_routes
 from knetlab.store import DirWatch
 from knetlab.topologies.schema import NODE_HOST_OFFSET
+from knetlab.vxlan import VxlanDevice
 from knetlab.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -605,13 +606,11 @@ class CalicoVxlanBackend(CalicoIpamBackend):
         with self.block_store() as store:
             vtep = allocate(store, self.settings["pool"], self.settings["block_size"],
                             node.name, self.TUNNEL_HANDLE)
-        dev = self.DEV
-        node.ip_batch([
-            f"link add {dev} type vxlan id {self.VNI} local {node.node_ip} dev {node.uplink} "
-            f"dstport {self.PORT} nolearning",
-            f"link set {dev} address {self.vtep_mac(node)} mtu {self.MTU} up",
-            f"addr add {vtep}/32 dev {dev}",
-        ], context=f"create {dev} on {node.name}")
+        self.device(node, vtep).ensure(node.netns)
+
+    def device(self, node: K8sNode, vtep: str | None = None) -> VxlanDevice:
+        return VxlanDevice(self.DEV, self.VNI, node.node_ip, node.uplink, self.PORT, self.MTU,
+                           mac=self.vtep_mac(node), address=f"{vtep}/32" if vtep else None)
 
     def encapsulate(self, a: K8sNode, b: K8sNode) -> bool:
         return self.settings["mode"] == "Always" or a.spec.rack != b.spec.rack
@@ -628,23 +627,16 @@ class CalicoVxlanBackend(CalicoIpamBackend):
             nodes = self.cluster.k8s_nodes()
             for node in nodes:
                 routes = {b: "blackhole" for b in blocks.get(node.name, [])}
-                neigh, fdb = [], []
+                peers: dict[str, tuple[str, str]] = {}
                 for peer in (p for p in nodes if p is not node and p.name in vteps):
                     if not self.encapsulate(node, peer):
                         routes.update({b: f"via {peer.node_ip}" for b in blocks[peer.name]})
                         continue
-                    # Order as flannel does: neighbour and FDB first, the routes last.
-                    mac, vtep = self.vtep_mac(peer), vteps[peer.name]
-                    neigh.append(f"neigh replace {vtep} lladdr {mac} dev {self.DEV} "
-                                 "nud permanent")
-                    fdb.append(f"fdb replace {mac} dev {self.DEV} dst {peer.node_ip} self "
-                               "permanent")
-                    routes.update({b: f"via {vtep} dev {self.DEV} onlink"
+                    peers[vteps[peer.name]] = (self.vtep_mac(peer), peer.node_ip)
+                    routes.update({b: f"via {vteps[peer.name]} dev {self.DEV} onlink"
                                    for b in blocks[peer.name]})
-                if fdb:
-                    node.run(["bridge", "-batch", "-"], input="\n".join(fdb) + "\n",
-                             context=f"program {self.DEV} FDB on {node.name}")
-                    node.ip_batch(neigh, context=f"program {self.DEV} neighbours on {node.name}")
+                # Order as flannel does: neighbour and FDB first, the routes last.
+                self.device(node).sync_unicast(peers, node.netns)
                 reconcile_routes(node, routes)
         if self.watcher is None:
             self.watcher = threading.Thread(target=self._watch, daemon=True,

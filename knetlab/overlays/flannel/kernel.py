@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from knetlab import shell
+from knetlab.routes import reconcile_routes
+from knetlab.vxlan import VxlanDevice
 
 log = logging.getLogger("flannel.kernel")
-ROUTE_PROTO = "77"  # the same number as knetlab.routes: knetlab-owned routes
 
 
 @dataclass
@@ -75,21 +76,11 @@ def first_host(subnet: str) -> str:
 
 # -- devices -------------------------------------------------------------------------------
 
-def ensure_vxlan(local: Local) -> None:
-    dev, be = local.vxlan_dev, local.config["Backend"]
-    links = _json(["ip", "-d", "-j", "link", "show", "dev", dev])
-    info = links[0].get("linkinfo", {}).get("info_data", {}) if links else {}
-    if links and (info.get("id") != be["VNI"] or info.get("port") != be["Port"]
-                  or info.get("local") != local.ip or info.get("learning", False)):
-        log.info("%s has the wrong settings (%s); recreating", dev, info)
-        shell.run(["ip", "link", "del", dev])
-        links = []
-    if not links:
-        log.info("creating %s", dev)
-        shell.run(["ip", "link", "add", dev, "type", "vxlan", "id", str(be["VNI"]), "local",
-                   local.ip, "dev", local.iface, "dstport", str(be["Port"]), "nolearning"])
-    mtu = local.underlay_mtu - 50
-    _link_addr(dev, mtu, f"{first_host(local.subnet)}/32", vtep_mac(local.ip))
+def vxlan_device(local: Local) -> VxlanDevice:
+    be = local.config["Backend"]
+    return VxlanDevice(local.vxlan_dev, be["VNI"], local.ip, local.iface, be["Port"],
+                       local.underlay_mtu - 50, mac=vtep_mac(local.ip),
+                       address=f"{first_host(local.subnet)}/32")
 
 
 def ensure_tun(local: Local) -> bool:
@@ -101,13 +92,11 @@ def ensure_tun(local: Local) -> bool:
     return True
 
 
-def _link_addr(dev: str, mtu: int, addr: str, mac: str | None = None) -> None:
+def _link_addr(dev: str, mtu: int, addr: str) -> None:
     link = _json(["ip", "-j", "addr", "show", "dev", dev])[0]
     lines = []
     if link.get("mtu") != mtu or "UP" not in link.get("flags", []):
         lines.append(f"link set {dev} mtu {mtu} up")
-    if mac and link.get("address") != mac:
-        lines.append(f"link set {dev} address {mac}")
     have = {f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
             if a.get("family") == "inet"}
     if addr not in have:
@@ -135,41 +124,12 @@ def desired_routes(local: Local, peers: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def reconcile_routes(desired: dict[str, str]) -> None:
-    current = {}
-    for r in _json(["ip", "-j", "route", "show", "proto", ROUTE_PROTO]):
-        current[r["dst"]] = f"via {r.get('gateway')} dev {r.get('dev')}" + (
-            " onlink" if "onlink" in r.get("flags", []) else "")
-    lines = [f"route replace {dst} proto {ROUTE_PROTO} {hop}" for dst, hop in desired.items()
-             if current.get(dst) != hop]
-    lines += [f"route del {dst} proto {ROUTE_PROTO}" for dst in sorted(set(current) - set(desired))]
-    if lines:
-        shell.ip_batch(lines, context="flannel routes")
-
-
 def reconcile_vxlan_peers(local: Local, peers: list[dict[str, Any]]) -> None:
     """Neighbour (<peer>.0 -> VTEP MAC) and FDB (VTEP MAC -> node IP) per VXLAN peer."""
-    dev = local.vxlan_dev
     routes = desired_routes(local, peers)
     vx = [p for p in peers if routes.get(p["subnet"], "").endswith("onlink")]
-    want_neigh = {first_host(p["subnet"]): p["BackendData"]["VtepMAC"] for p in vx}
-    want_fdb = {p["BackendData"]["VtepMAC"]: p["PublicIP"] for p in vx}
-    have_neigh = {n["dst"]: n.get("lladdr") for n in _json(
-        ["ip", "-j", "neigh", "show", "dev", dev, "nud", "permanent"])}
-    have_fdb = {f["mac"]: f["dst"] for f in _json(["bridge", "-j", "fdb", "show", "dev", dev])
-                if "dst" in f}
-    ip_lines = [f"neigh replace {ip} lladdr {mac} dev {dev} nud permanent"
-                for ip, mac in want_neigh.items() if have_neigh.get(ip) != mac]
-    ip_lines += [f"neigh del {ip} dev {dev}" for ip in set(have_neigh) - set(want_neigh)]
-    br_lines = [f"fdb replace {mac} dev {dev} dst {ip} self permanent"
-                for mac, ip in want_fdb.items() if have_fdb.get(mac) != ip]
-    br_lines += [f"fdb del {mac} dev {dev} dst {have_fdb[mac]} self"
-                 for mac in set(have_fdb) - set(want_fdb)]
-    if ip_lines:
-        shell.ip_batch(ip_lines, context=f"neighbours on {dev}")
-    if br_lines:
-        shell.run(["bridge", "-batch", "-"], input="\n".join(br_lines) + "\n",
-                  context=f"fdb on {dev}")
+    vxlan_device(local).sync_unicast(
+        {first_host(p["subnet"]): (p["BackendData"]["VtepMAC"], p["PublicIP"]) for p in vx})
 
 
 MASQ_CHAIN = "FLANNEL-POSTRTG"
@@ -202,13 +162,13 @@ def reconcile(local: Local, leases: list[dict[str, Any]]) -> list[str]:
     """Program everything for the current leases; return the peer subnets programmed."""
     peers = [p for p in leases if p["subnet"] != local.subnet]
     if local.btype == "vxlan":
-        ensure_vxlan(local)
-        reconcile_routes(desired_routes(local, peers))
+        vxlan_device(local).ensure()
         reconcile_vxlan_peers(local, peers)
+        reconcile_routes(None, desired_routes(local, peers))
     elif local.btype == "host-gw":
-        reconcile_routes(desired_routes(local, peers))
+        reconcile_routes(None, desired_routes(local, peers))
     elif local.btype == "udp":
         if not ensure_tun(local):
             return []
-        reconcile_routes({})
+        reconcile_routes(None, {})
     return sorted(p["subnet"] for p in peers)
