@@ -85,7 +85,7 @@ class KubeClient:
     def __init__(self, server: str, token: str, ca_data: bytes, timeout: float = 30) -> None:
         url = urllib.parse.urlsplit(server)
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 443
-        self.token = token
+        self.token, self.ca_data = token, ca_data
         self.timeout = timeout
         self.ssl = ssl.create_default_context(cadata=ca_data.decode())
         self._local = threading.local()

@@ -83,7 +83,8 @@ class ControlPlane:
         from knetlab.kube.apiserver import ApiServerDaemon
         from knetlab.kube.controllers import ControllerManagerDaemon
 
-        make_pki(self.kube_dir, self.server, self.rundir.cluster)
+        make_pki(self.kube_dir, self.server, self.rundir.cluster,
+                 ips=(str(self.spec.service_cidr.network_address + 1),))
         self.etcd.start()  # the API server needs it at once
         self.apiserver = ApiServerDaemon(
             self.rundir, OWNER, etcd_url=self.etcd.client_url, port=self.port,

@@ -34,6 +34,7 @@ from typing import Any
 
 from knetlab.cni.runtime import CNIRuntime
 from knetlab.daemon import Daemon
+from knetlab.errors import KnetlabError
 from knetlab.kube.client import ApiError, Informer, KubeClient, WorkQueue, key_of, split_key
 from knetlab.kube.events import PodEvents
 from knetlab.kube.podworker import PodWorker
@@ -76,6 +77,7 @@ class Kubelet:
         self.node_netns, self.node_ip, self.pod_cidr = node_netns, node_ip, pod_cidr
         self.cni, self.cluster_dns, self.cluster_domain = cni, cluster_dns, cluster_domain
         self.queue = WorkQueue()
+        self._service_env: dict[str, str] | None = None
         self.prober = Prober(node_netns)
         self.events = PodEvents(client, node)
         self.informer = Informer(client, "pods", field_selector=f"spec.nodeName={node}")
@@ -262,6 +264,25 @@ class Kubelet:
             sb.teardown()
 
     # -- running ---------------------------------------------------------------------------
+    def service_env(self) -> dict[str, str]:
+        """The ``kubernetes`` Service's variables every container gets (the kubelet always
+        adds the master Service's, whatever enableServiceLinks says); read once."""
+        if self._service_env is None:
+            try:
+                svc = self.client.get("services", "kubernetes", "default")
+            except (KnetlabError, OSError):
+                return {}  # asked again for the next container
+            ip, port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
+            self._service_env = {
+                "KUBERNETES_SERVICE_HOST": ip, "KUBERNETES_SERVICE_PORT": str(port),
+                "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
+                "KUBERNETES_PORT": f"tcp://{ip}:{port}",
+                f"KUBERNETES_PORT_{port}_TCP": f"tcp://{ip}:{port}",
+                f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+                f"KUBERNETES_PORT_{port}_TCP_PORT": str(port),
+                f"KUBERNETES_PORT_{port}_TCP_ADDR": ip}
+        return self._service_env
+
     def start(self) -> None:
         self.register()
         self.renew_lease()

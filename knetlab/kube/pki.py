@@ -1,7 +1,8 @@
 """The lab's PKI and kubeconfig: a CA, the API server's serving certificate, a bearer token.
 
 Made at ``up`` as kind does, in ``<rundir>/kube/`` (every file mode 0600, root only):
-``ca.crt``, ``ca.key``, ``apiserver.crt`` (SAN IP:127.0.0.1, DNS:localhost),
+``ca.crt``, ``ca.key``, ``apiserver.crt`` (SAN 127.0.0.1, the ``kubernetes`` Service's
+ClusterIP, localhost and the ``kubernetes.default.svc`` names),
 ``apiserver.key``, ``token`` and ``kubeconfig`` (cluster ``knetlab-<lab>``, the CA inline,
 the token). Keys are ECDSA P-256: a key is made in microseconds where RSA-2048 takes tens of
 milliseconds, and every client we care about (Go, OpenSSL) accepts it.
@@ -24,6 +25,9 @@ import yaml
 from knetlab import shell
 
 VALID_DAYS = 3650
+#: the names in-cluster clients use for the API server (kubeadm's list for cluster.local)
+SERVING_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local")
 
 
 def _write(path: Path, data: bytes | str) -> None:
@@ -37,7 +41,7 @@ def _write(path: Path, data: bytes | str) -> None:
     tmp.replace(path)
 
 
-def _make_certs_cryptography(kube_dir: Path, cluster: str) -> None:
+def _make_certs_cryptography(kube_dir: Path, cluster: str, ips: tuple[str, ...]) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -63,10 +67,9 @@ def _make_certs_cryptography(kube_dir: Path, cluster: str) -> None:
                                        decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                       x509.DNSName("localhost"),
-                                       x509.DNSName("kubernetes"),
-                                       x509.DNSName("kubernetes.default")])
+    san = x509.SubjectAlternativeName(
+        [*(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *ips)),
+         *(x509.DNSName(name) for name in SERVING_NAMES)])
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
             .issuer_name(ca_name).public_key(key.public_key())
@@ -82,7 +85,7 @@ def _make_certs_cryptography(kube_dir: Path, cluster: str) -> None:
     _write(kube_dir / "apiserver.crt", cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _make_certs_openssl(kube_dir: Path, cluster: str) -> None:
+def _make_certs_openssl(kube_dir: Path, cluster: str, ips: tuple[str, ...]) -> None:
     """The same with the openssl CLI, for machines without the cryptography module."""
     d = kube_dir
     old = os.umask(0o077)
@@ -96,8 +99,9 @@ def _make_certs_openssl(kube_dir: Path, cluster: str) -> None:
                    str(d / "apiserver.key"), "-out", str(d / "apiserver.csr"),
                    "-subj", "/CN=kube-apiserver"], context="make the API server key")
         ext = d / "apiserver.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
-                       "DNS:kubernetes.default\nextendedKeyUsage=serverAuth\n")
+        alt = ",".join([*(f"IP:{ip}" for ip in ("127.0.0.1", *ips)),
+                        *(f"DNS:{name}" for name in SERVING_NAMES)])
+        ext.write_text(f"subjectAltName={alt}\nextendedKeyUsage=serverAuth\n")
         shell.run(["openssl", "x509", "-req", "-in", str(d / "apiserver.csr"),
                    "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"), "-CAcreateserial",
                    "-out", str(d / "apiserver.crt"), "-days", str(VALID_DAYS),
@@ -110,17 +114,19 @@ def _make_certs_openssl(kube_dir: Path, cluster: str) -> None:
         os.chmod(d / name, 0o600)
 
 
-def make_certs(kube_dir: Path, cluster: str) -> None:
-    """The CA and serving certificate, unless both already exist."""
+def make_certs(kube_dir: Path, cluster: str, ips: tuple[str, ...] = ()) -> None:
+    """The CA and serving certificate, unless both already exist. ``ips``: more addresses
+    the API server is reached at (the ``kubernetes`` Service's ClusterIP, as kubeadm signs
+    it, so in-cluster clients verify it)."""
     names = ("ca.crt", "ca.key", "apiserver.crt", "apiserver.key")
     if all((kube_dir / n).exists() for n in names):
         return
     try:
         import cryptography  # noqa: F401
     except ImportError:
-        _make_certs_openssl(kube_dir, cluster)
+        _make_certs_openssl(kube_dir, cluster, ips)
     else:
-        _make_certs_cryptography(kube_dir, cluster)
+        _make_certs_cryptography(kube_dir, cluster, ips)
 
 
 def make_etcd_certs(kube_dir: Path) -> None:
@@ -185,7 +191,8 @@ def kubeconfig_text(cluster: str, server_url: str, ca_pem: bytes, token: str) ->
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def make_pki(kube_dir: Path, server_url: str, lab: str | None = None) -> Path:
+def make_pki(kube_dir: Path, server_url: str, lab: str | None = None,
+             ips: tuple[str, ...] = ()) -> Path:
     """Make (or keep) the lab's CA, serving certificate, token and kubeconfig; return the
     kubeconfig's path. ``lab`` defaults to the run dir's name (``<rundir>/kube``)."""
     kube_dir = Path(kube_dir)
@@ -193,7 +200,7 @@ def make_pki(kube_dir: Path, server_url: str, lab: str | None = None) -> Path:
     os.chmod(kube_dir, 0o700)
     lab = lab or kube_dir.resolve().parent.name
     cluster = f"knetlab-{lab}"
-    make_certs(kube_dir, cluster)
+    make_certs(kube_dir, cluster, ips)
     make_etcd_certs(kube_dir)
     token = ensure_token(kube_dir)
     text = kubeconfig_text(cluster, server_url, (kube_dir / "ca.crt").read_bytes(), token)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("knetlab.kube.podworker")
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
 CONFIG_RETRY_S = 2.0
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -305,7 +306,7 @@ class PodWorker:
     # -- starting a container ------------------------------------------------------------
     def env_of(self, c: Container, pod: dict[str, Any], image_env: dict[str, str],
                lookup: Lookup | None = None) -> dict[str, str]:
-        env = {"PATH": runtime.DEFAULT_PATH, **image_env,
+        env = {"PATH": runtime.DEFAULT_PATH, **image_env, **self.k.service_env(),
                "HOSTNAME": self.sandbox.hostname}
         lookup = lookup or Lookup(self.k.client, self.ns)
         env_from_objects(lookup, c.spec, env)
@@ -329,6 +330,21 @@ class PodWorker:
                 env[e["name"]] = value
         return env
 
+    def mount_service_account(self, pod: dict[str, Any], container: dict[str, Any]) -> None:
+        """What the ServiceAccount admission plugin's projected volume gives a real pod:
+        ``token``, ``ca.crt`` and ``namespace`` at SA_DIR, so the official clients'
+        in-cluster config works. The token is the lab's one (the API has no per-account
+        tokens); ``automountServiceAccountToken: false`` or a volume mounted there wins."""
+        spec = pod.get("spec") or {}
+        if spec.get("automountServiceAccountToken") is False or any(
+                vm.get("mountPath", "").rstrip("/") == SA_DIR
+                for vm in container.get("volumeMounts") or []):
+            return
+        client = self.k.client
+        for name, content in (("token", client.token), ("namespace", self.ns),
+                              ("ca.crt", client.ca_data.decode())):
+            self.sandbox.write(f"{SA_DIR}/{name}", content)
+
     def start(self, c: Container, pod: dict[str, Any]) -> None:
         spec = c.spec
         ports = [int(p["containerPort"]) for p in spec.get("ports") or []
@@ -340,6 +356,7 @@ class PodWorker:
         lookup = Lookup(self.k.client, self.ns)
         self.volumes.write_files(pod, lookup)
         self.volumes.mount(spec, pod)
+        self.mount_service_account(pod, spec)
         env = self.env_of(c, pod, run.env, lookup)
         argv = [VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), a) for a in run.argv]
         for d in run.dirs:
