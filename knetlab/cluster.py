@@ -37,6 +37,7 @@ from knetlab.nodes.pod import ApiPod, Pod
 from knetlab.ovs import OvsInstance
 from knetlab.rundir import RunDir, pid_alive
 from knetlab.store import Store, lab_store
+from knetlab.topologies.clients import Client, build_clients, describe_clients
 from knetlab.topologies.fields import NAME_MAX, NODE_NAME_MAX, name_problem
 from knetlab.topologies.schema import ClusterSpec, PodSpec, load_topology
 from knetlab.topologies.underlay import Underlay
@@ -58,6 +59,7 @@ class Cluster:
         self.ovs: OvsInstance | None = None
         self.nodes: dict[str, K8sNode] = {}
         self.pods: dict[str, Pod] = {}
+        self.clients: dict[str, Client] = {}  # hosts outside the cluster (topology `clients`)
         self.timings: dict[str, float] = {}
         self.store: Store | None = None  # the lab's control-plane store, once up
         self.control: ControlPlane | None = None  # its Kubernetes, unless spec.kubernetes is off
@@ -149,6 +151,7 @@ class Cluster:
         self.underlay.build()
         self.backend = cls(self)
         self.backend.setup()
+        self.clients = build_clients(self)
         self.timings["underlay"] = time.monotonic() - t
         t = time.monotonic()
         for node_spec in spec.nodes:
@@ -374,7 +377,7 @@ class Cluster:
                 os.environ.pop(key, None)
         clean.clean_lab(self.rundir)  # whatever the steps above missed, by ownership
         self.net, self.backend, self.ovs = None, None, None
-        self.nodes, self.pods = {}, {}
+        self.nodes, self.pods, self.clients = {}, {}, {}
         self.docker_service = None  # its engines' objects went with the nodes
 
     def _release_pods(self) -> None:
@@ -526,6 +529,8 @@ class Cluster:
                      for p in self.pods.values()],
             "hosts": hosts,
         }
+        if self.clients:
+            out["clients"] = describe_clients(self.clients)
         if self.backend:
             out.update(self.backend.describe())
         if self.control is not None:

@@ -145,6 +145,10 @@ def summary(state: dict[str, Any]) -> str:
     parts = [head, summary_nodes(state)]
     if state["pods"]:
         parts.append(summary_pods(state))
+    if state.get("clients"):  # hosts outside the cluster (knetlab.topologies.clients)
+        parts.append(_table([["CLIENT", "IP", "RACK", "GATEWAY"]]
+                            + [[c["name"], c["ip"], str(c["rack"]), c.get("gateway") or "-"]
+                               for c in state["clients"]]))
     if state.get("summary"):  # the data plane's own lines (controller state, ...)
         parts.append("\n".join(state["summary"]))
     daemons = state.get("daemons")

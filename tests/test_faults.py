@@ -121,3 +121,32 @@ def test_killed_flannel_agent_heals(lab, tmp_path: Path) -> None:
     print(f"check passed {time.monotonic() - t0:.1f} s after the restart was seen")
     with pytest.raises(KnetlabError, match="no running daemon"):
         c.faults.kill("node-1", "nosuchd")
+
+
+def test_calico_tor_fabric_reroutes_and_heals(lab, tmp_path: Path) -> None:
+    """The issue's calico-tor flap: BGP-learned pod routes on a ToR resolve through the
+    fabric (ECMP over both spines) and move when the fabric does, so a cut spine link costs
+    no pair, and the spine relearns the rack's blocks when the link returns."""
+    text = (TOPOLOGIES / "calico-tor.yaml").read_text().replace("name: ca-tor",
+                                                                   "name: fault-ctor")
+    c = lab(write_topology(tmp_path, text + "kubernetes: false\n"))
+    pairs = cross_rack_pairs(c)
+    assert len(pairs) == 16 and all_ping(c, pairs, wait="2")
+    block2 = next(b for b in c.backend.all_blocks()["node-3"])
+    spine1_ip = c.underlay.spine_links[(1, 1)][1]
+    poll(lambda: "nexthop" in tor_route(c, "tor-1", block2), 10.0,
+         "tor-1 reaches rack 2's block over both spines")
+
+    end = c.faults.link_end("spine-1", "tor-1")
+    c.host("spine-1").run(["ip", "link", "set", end.iface, "down"])
+    took = poll(lambda: all_ping(c, pairs), 5.0, "every cross-rack pair over spine-2")
+    print(f"traffic recovered {took:.2f} s after the cut")
+    assert spine1_ip not in tor_route(c, "tor-1", block2)
+
+    assert c.faults.link_up("spine-1", "tor-1").endswith(" up")
+    block1 = next(b for b in c.backend.all_blocks()["node-1"])
+    poll(lambda: block1 in c.host("spine-1").run(["ip", "route"]).stdout
+         and spine1_ip in tor_route(c, "tor-1", block2), 60.0,
+         "spine-1 relearns rack 1's blocks and tor-1 uses it again")
+    assert str(c.spec.underlay.rack_subnet(1)) in c.host("spine-1").run(["ip", "route"]).stdout
+    poll(lambda: c.check().ok, 12.0, "check passes after the link returns")

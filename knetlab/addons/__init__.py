@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, type[Addon]] = {}
 
 
-MODULES: list[str] = []  # e.g. "knetlab.addons.kubeproxy"
+MODULES: list[str] = [  # e.g. "knetlab.addons.kubeproxy"
+    "knetlab.addons.lbspeaker",
+]
 
 
 class Addon:

@@ -24,7 +24,8 @@ from knetlab.bgp.messages import PeerTable, api_bursts, parse
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="knetlab.bgp.installer")
-    p.add_argument("--pool", required=True)
+    p.add_argument("--pool", required=True, action="append",
+                   help="accept learned routes inside this network (repeatable)")
     p.add_argument("--self", dest="self_ips", action="append", default=[])
     p.add_argument("--own", action="append", default=[])
     p.add_argument("--encap", default="none", choices=["none", "ipip", "ipip-crosssubnet"])
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--node", help="the node whose blocks to announce (with --store)")
     args = p.parse_args(argv)
     table = PeerTable(os.environ.get("KNETLAB_BGP_STATE"))
-    kernel = KernelRoutes(args.pool, set(args.own), set(args.self_ips), args.encap)
+    kernel = KernelRoutes(",".join(args.pool), set(args.own), set(args.self_ips), args.encap)
     kernel.flush()
     blocks = _announcer(args, kernel) if args.store else None
     table.save({"role": "node"})

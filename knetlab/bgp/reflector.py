@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--router-id", required=True)
     p.add_argument("--cluster-id", required=True)
     p.add_argument("--peer", action="append", default=[], help="a non-client reflector")
-    p.add_argument("--install", metavar="POOL", help="also install routes into this kernel")
+    p.add_argument("--install", metavar="POOL", action="append",
+                   help="also install routes inside POOL into this kernel (repeatable)")
     p.add_argument("--self", dest="self_ips", action="append", default=[])
     p.add_argument("--config", help="ExaBGP's config file: its neighbours are the targets")
     p.add_argument("--members", help="a file of the clients to prime at start, one per line")
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         neighbors = configured_neighbors(config.read_text())
         members = Path(args.members).read_text().split() if args.members else neighbors
         rr.configure(neighbors, prime=set(members) | set(args.peer))
-    kernel = KernelRoutes(args.install, set(), set(args.self_ips)) if args.install else None
+    kernel = (KernelRoutes(",".join(args.install), set(), set(args.self_ips))
+              if args.install else None)
     if kernel:
         kernel.flush()
     rr.save()

@@ -90,8 +90,10 @@ class ControlPlane:
             self.rundir, OWNER, etcd_url=self.etcd.client_url, port=self.port,
             service_cidr=str(self.spec.service_cidr))
         self.apiserver.start(wait=True)
+        lb = self.spec.load_balancer_cidr
         self.controllers = ControllerManagerDaemon(self.rundir, OWNER,
-                                                   kubeconfig=self.kubeconfig)
+                                                   kubeconfig=self.kubeconfig,
+                                                   load_balancer_cidr=str(lb) if lb else "")
         self.controllers.start(wait=False)
 
     def wait_ready(self) -> None:

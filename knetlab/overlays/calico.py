@@ -133,7 +133,8 @@ class CalicoBgpBackend(CalicoIpamBackend):
     @classmethod
     def validate(cls, spec: ClusterSpec, f: Fields) -> dict[str, Any]:
         f.only(["mode", "asn", "holdTime", "reflectors", "reflector", "clusterId", "pool",
-                "blockSize", *(["ipipMode"] if cls.encap == "ipip" else [])])
+                "blockSize", "serviceClusterIPs",
+                *(["ipipMode"] if cls.encap == "ipip" else [])])
         leaf = spec.underlay.type == "leaf-spine"
         mode = f.str("mode", "tor" if leaf else "mesh", choices=["mesh", "rr", "tor"])
         if mode == "tor" and not leaf:
@@ -158,6 +159,12 @@ class CalicoBgpBackend(CalicoIpamBackend):
                 "reflectors": f.int("reflectors", 2, lo=1, hi=8),
                 "impl": f.str("reflector", "exabgp", choices=["exabgp", "bird"]),
                 "cluster_id": cluster_id,
+                # Calico's service IP advertisement (BGPConfiguration serviceClusterIPs /
+                # serviceLoadBalancerIPs): every node announces these ranges
+                "advertise": [*([str(spec.service_cidr)]
+                                if f.bool("serviceClusterIPs", False) else []),
+                              *([str(spec.load_balancer_cidr)]
+                                if spec.load_balancer_cidr is not None else [])],
                 # Calico's ipipMode: CrossSubnet tunnels only to next hops off our subnet
                 "ipip_mode": f.str("ipipMode", "Always", choices=["Always", "CrossSubnet"])
                 if cls.encap == "ipip" else "Never"}
@@ -308,7 +315,7 @@ class CalicoBgpBackend(CalicoIpamBackend):
                 if r == rack:
                     neighbors.append(Neighbor(spine_ip, tor_ip, "spine (client)"))
                     args += ["--self", tor_ip]
-            args += ["--install", self.settings["pool"], "--self", me]
+            args += [*(a for p in self.accepted() for a in ("--install", p)), "--self", me]
         return SpeakerConfig(me, self.settings["asn"], self.settings["hold"], neighbors, [],
                              args)
 
@@ -317,7 +324,7 @@ class CalicoBgpBackend(CalicoIpamBackend):
         links = [(tor_ip, spine_ip) for (_r, k), (tor_ip, spine_ip)
                  in self.cluster.underlay.spine_links.items() if f"spine-{k}" == spine.name]
         neighbors = [Neighbor(tor_ip, spine_ip, TOR) for tor_ip, spine_ip in links]
-        args = ["knetlab.bgp.installer", "--pool", self.settings["pool"]]
+        args = ["knetlab.bgp.installer", *(a for p in self.accepted() for a in ("--pool", p))]
         cfg = SpeakerConfig(links[0][1], self.settings["asn"], self.settings["hold"],
                             neighbors, [], args)
         speaker = ExaBGP(self.cluster.rundir, spine.name, spine.netns, cfg)
@@ -340,8 +347,16 @@ class CalicoBgpBackend(CalicoIpamBackend):
                 "--encap", "ipip-crosssubnet" if self.settings["ipip_mode"] == "CrossSubnet"
                 else self.encap, "--store", str(self.cluster.store.root),
                 "--node", node.name]
+        # Service ranges from every node, next hop itself (Calico's service advertisement:
+        # the fabric spreads the traffic over the nodes; kube-proxy takes it from there).
+        announce = [(prefix, me) for prefix in self.settings.get("advertise", [])]
         return SpeakerConfig(me, self.settings["asn"], self.settings["hold"], neighbors,
-                             [], args)
+                             announce, args)
+
+    def accepted(self) -> list[str]:
+        """What the fabric's routers install: the pod pool and the advertised Service
+        ranges (the nodes install only pod routes: Service traffic is theirs already)."""
+        return [self.settings["pool"], *self.settings.get("advertise", [])]
 
     # -- IPAM blocks -----------------------------------------------------------------
     def blocks(self, node: str) -> list[str]:

@@ -14,11 +14,13 @@ from typing import Any
 
 from knetlab import kernel
 from knetlab.errors import ConfigError, UnsupportedError
+from knetlab.topologies.clients import parse_clients
 from knetlab.topologies.fields import NODE_NAME_MAX, Fields
 from knetlab.topologies.yamlsrc import load_yaml
 
 TOP_KEYS = ["name", "podCIDR", "podSubnetLen", "serviceCIDR", "dnsDomain", "dataplane",
-            "switch", "cni", "underlay", "nodes", "pods", "kubernetes"]
+            "switch", "cni", "underlay", "nodes", "pods", "kubernetes", "clients",
+            "loadBalancerCIDR"]
 NODE_HOST_OFFSET = 10  # node k gets the (10+k)-th address of its subnet; .1 is the router
 
 
@@ -76,6 +78,10 @@ class ClusterSpec:
     #: each add-on's parsed settings by add-on name (knetlab.addons)
     addon_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
+    #: hosts outside the cluster on the underlay (knetlab.topologies.clients)
+    clients: list[Any] = field(default_factory=list)
+    #: where LoadBalancer Services take their addresses (None: they stay pending)
+    load_balancer_cidr: ipaddress.IPv4Network | None = None
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -131,6 +137,8 @@ def load_topology(path: str | Path) -> ClusterSpec:
         underlay=_underlay(top.sub("underlay")),
         kubernetes=top.bool("kubernetes", True),
         lines=dict(getattr(top.data, "lines", {})),
+        load_balancer_cidr=top.cidr("loadBalancerCIDR", "") if top.has("loadBalancerCIDR")
+        else None,
     )
     if spec.pod_subnet_len <= spec.pod_cidr.prefixlen:
         raise top.error("podSubnetLen", f"/{spec.pod_subnet_len} is not smaller than podCIDR "
@@ -138,6 +146,7 @@ def load_topology(path: str | Path) -> ClusterSpec:
     _check_overlaps(spec, top)
     _nodes(spec, top)
     _pods(spec, top)
+    parse_clients(spec, top)
     _dataplane(spec, top)
     _addons(spec, top)
     return spec
@@ -180,6 +189,8 @@ def _underlay(f: Fields) -> Underlay:
 def _check_overlaps(spec: ClusterSpec, top: Fields) -> None:
     nets = [("podCIDR", spec.pod_cidr), ("serviceCIDR", spec.service_cidr),
             ("underlay.cidr", spec.underlay.cidr)]
+    if spec.load_balancer_cidr is not None:
+        nets.append(("loadBalancerCIDR", spec.load_balancer_cidr))
     for i, (name_a, a) in enumerate(nets):
         for name_b, b in nets[i + 1:]:
             if a.overlaps(b):

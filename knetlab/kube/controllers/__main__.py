@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="",
                     help=f"comma-separated controllers to run (of {','.join(CONTROLLERS)})")
     ap.add_argument("--ready-file", default="")
+    ap.add_argument("--load-balancer-cidr", default="",
+                    help="the pool LoadBalancer Services take addresses from")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         manager = ControllerManager(KubeClient.from_kubeconfig(args.kubeconfig),
-                                    [o for o in args.only.split(",") if o] or None)
+                                    [o for o in args.only.split(",") if o] or None,
+                                    {"load_balancer_cidr": args.load_balancer_cidr})
         manager.start()
     except KnetlabError as exc:
         print(f"kube-controller-manager: {exc}", file=sys.stderr)

@@ -158,8 +158,11 @@ class Context:
     """What every controller gets: the client, the shared informers, events."""
 
     def __init__(self, client: KubeClient, informers: Informers | None = None,
-                 recorder: EventRecorder | None = None) -> None:
+                 recorder: EventRecorder | None = None,
+                 options: dict[str, str] | None = None) -> None:
         self.client = client
+        #: the manager's flags a controller reads (``load_balancer_cidr``)
+        self.options: dict[str, str] = options or {}
         self.informers = informers or Informers(client)
         self.recorder = recorder or EventRecorder(client, "knetlab-controller-manager")
 

@@ -23,6 +23,7 @@ from knetlab.kube.controllers.deployment import DeploymentController
 from knetlab.kube.controllers.endpointslice import EndpointSliceController
 from knetlab.kube.controllers.gc import GarbageCollector, PodGC
 from knetlab.kube.controllers.job import JobController
+from knetlab.kube.controllers.loadbalancer import LoadBalancerController
 from knetlab.kube.controllers.nodelifecycle import NodeLifecycleController
 from knetlab.kube.controllers.replicaset import ReplicaSetController
 from knetlab.kube.controllers.scheduler import Scheduler
@@ -34,16 +35,18 @@ log = logging.getLogger("knetlab.kube.controllers")
 CONTROLLERS: dict[str, type[Controller]] = {
     c.name: c for c in (ReplicaSetController, DeploymentController, DaemonSetController,
                         StatefulSetController, JobController, EndpointSliceController,
-                        GarbageCollector, PodGC, NodeLifecycleController, Scheduler)}
+                        GarbageCollector, PodGC, NodeLifecycleController, Scheduler,
+                        LoadBalancerController)}
 
 
 class ControllerManager:
-    def __init__(self, client: KubeClient, only: list[str] | None = None) -> None:
+    def __init__(self, client: KubeClient, only: list[str] | None = None,
+                 options: dict[str, str] | None = None) -> None:
         unknown = set(only or ()) - set(CONTROLLERS)
         if unknown:
             raise KnetlabError(f"unknown controller(s) {', '.join(sorted(unknown))}; "
                                f"known: {', '.join(CONTROLLERS)}")
-        self.ctx = Context(client)
+        self.ctx = Context(client, options=options)
         self.controllers = [cls(self.ctx) for name, cls in CONTROLLERS.items()
                             if not only or name in only]
 
@@ -69,8 +72,9 @@ class ControllerManagerDaemon(Daemon):
 
     def __init__(self, rundir: RunDir, owner: str = "control-plane",
                  kubeconfig: str | Path | None = None, only: list[str] | None = None,
-                 netns: str | None = None) -> None:
+                 netns: str | None = None, load_balancer_cidr: str = "") -> None:
         super().__init__(rundir, owner, netns)
+        self.load_balancer_cidr = load_balancer_cidr
         self.kubeconfig = Path(kubeconfig or rundir.path / "kube" / "kubeconfig")
         self.only = only
         self.ready_file = self.dir / "ready"
@@ -80,6 +84,8 @@ class ControllerManagerDaemon(Daemon):
                 "--kubeconfig", str(self.kubeconfig), "--ready-file", str(self.ready_file)]
         if self.only:
             argv += ["--only", ",".join(self.only)]
+        if self.load_balancer_cidr:
+            argv += ["--load-balancer-cidr", self.load_balancer_cidr]
         return argv
 
     def start(self, wait: bool = True) -> None:

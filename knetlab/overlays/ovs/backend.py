@@ -24,6 +24,7 @@ from knetlab.errors import ConfigError, KnetlabError
 from knetlab.overlays.ovs.controllerd import ControllerDaemon
 from knetlab.overlays.ovs.node import POD_MTU, NodeSwitch
 from knetlab.overlays.ovs.pipeline import GW_IFACE, TABLE_BY_ID, dpid_for
+from knetlab.overlays.ovs.services import apply_service_snat
 from knetlab.routes import reconcile_routes
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class OvsBackend(Backend):
             "name": node.name, "ip": node.node_ip, "podCIDR": node.spec.pod_cidr,
             "gateway": node.spec.pod_gateway, "dpid": dpid_for(node.name)})
         sw.start()
+        apply_service_snat(node, str(self.cluster.spec.pod_cidr))
 
     def cni_config(self, node: K8sNode) -> dict[str, Any]:
         sw = self.switches[node.name]
