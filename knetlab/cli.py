@@ -115,6 +115,7 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.overlays.ovs.commands",
     "knetlab.kube.commands",
     "knetlab.fault_commands",
+    "knetlab.addons.kubeproxy.commands",
 ]
 
 

@@ -536,6 +536,8 @@ class Cluster:
         if self.control is not None:
             out["kubernetes"] = self.control.describe()
             out["daemons"] = [*out.get("daemons", []), *self.control.daemons()]
+            for addon in self.addons:
+                out["daemons"] += addon.daemons()
             if self.net is not None and self.rundir.exists():
                 for p in self._api_pods():
                     out["pods"].append({"name": p["name"], "node": p["node"], "ip": p["ip"],

@@ -35,6 +35,7 @@ _REGISTRY: dict[str, type[Addon]] = {}
 
 MODULES: list[str] = [  # e.g. "knetlab.addons.kubeproxy"
     "knetlab.addons.lbspeaker",
+    "knetlab.addons.kubeproxy",
 ]
 
 
@@ -68,6 +69,10 @@ class Addon:
 
     def stop(self) -> None:
         pass
+
+    def daemons(self) -> list[dict[str, Any]]:
+        """Its running daemons as ``knetlab status`` lists them (name, owner, pid)."""
+        return []
 
 
 def register(cls: type[Addon]) -> type[Addon]:
