@@ -116,6 +116,7 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.kube.commands",
     "knetlab.fault_commands",
     "knetlab.addons.kubeproxy.commands",
+    "knetlab.addons.ingress.commands",
 ]
 
 

@@ -36,6 +36,7 @@ _REGISTRY: dict[str, type[Addon]] = {}
 MODULES: list[str] = [  # e.g. "knetlab.addons.kubeproxy"
     "knetlab.addons.lbspeaker",
     "knetlab.addons.kubeproxy",
+    "knetlab.addons.ingress.addon",
 ]
 
 

@@ -176,6 +176,18 @@ def _curl_entrypoint(args: list[str]) -> list[str]:
     return args
 
 
+# --- ingress-nginx ------------------------------------------------------------------------
+
+def _ingress_nginx_files(pod_name: str, ports: list[int]) -> ImageRun:
+    """``/nginx-ingress-controller``: knetlab's ingress controller and its nginx, whose args
+    the ingress add-on writes into its DaemonSet (knetlab.addons.ingress)."""
+    wrapper = (f"#!/bin/sh\n# knetlab's ingress-nginx (the package knetlab.addons.ingress)\n"
+               f'exec {shlex.quote(sys.executable)} -P -m knetlab.addons.ingress.pod "$@"\n')
+    paths = ["/nginx-ingress-controller", f"{BIN_DIR}/nginx-ingress-controller"]
+    return ImageRun(argv=[], files=dict.fromkeys(paths, wrapper), executable=paths,
+                    dirs=[BIN_DIR])
+
+
 # --- the table ---------------------------------------------------------------------------
 
 _SLEEP = ("sleep", "infinity")
@@ -202,6 +214,10 @@ IMAGES: list[Image] = [
     Image("curlimages/curl*", ("curlimages/curl",),
           "curl (args starting with a flag go to curl), or the given command",
           (), _SLEEP, args_shim=_curl_entrypoint),
+    Image("registry.k8s.io/ingress-nginx/controller:*",
+          ("registry.k8s.io/ingress-nginx/controller", "k8s.gcr.io/ingress-nginx/controller"),
+          "knetlab's ingress-nginx: Debian's nginx fed by a controller watching the API",
+          ("/nginx-ingress-controller",), (), extras=_ingress_nginx_files),
     Image("registry.k8s.io/pause*",
           ("registry.k8s.io/pause", "k8s.gcr.io/pause", "gcr.io/google-containers/pause",
            "pause"),
