@@ -117,6 +117,7 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.fault_commands",
     "knetlab.addons.kubeproxy.commands",
     "knetlab.addons.ingress.commands",
+    "knetlab.trace.commands",
 ]
 
 
@@ -147,7 +148,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from knetlab.cluster import Cluster
     from knetlab.mncli import KnetCLI, summary
     lg.propagate = False  # Mininet prints through its own handler; ours would print it twice
+    from knetlab.progress import PhasePrinter
     cluster = Cluster(spec)
+    cluster.on_phase = PhasePrinter()  # one line per phase once it takes over a second
     with cluster:
         print(summary(cluster.state()))
         print(f"\nup in {cluster.timings['total']:.2f}s")

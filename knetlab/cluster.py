@@ -61,6 +61,8 @@ class Cluster:
         self.pods: dict[str, Pod] = {}
         self.clients: dict[str, Client] = {}  # hosts outside the cluster (topology `clients`)
         self.timings: dict[str, float] = {}
+        # Told each bring-up phase as it ends (name, seconds): `knetlab up` prints progress.
+        self.on_phase: Callable[[str, float], object] | None = None
         self.store: Store | None = None  # the lab's control-plane store, once up
         self.control: ControlPlane | None = None  # its Kubernetes, unless spec.kubernetes is off
         self._kube: Any = None  # the official client, made on first use
@@ -115,13 +117,13 @@ class Cluster:
             self._build_network()
             if control is not None:
                 control.result()
-        self.timings["network"] = time.monotonic() - t
+        self._phase_done("network", t)
         t = time.monotonic()
         if self.control is not None:
             for node in self.nodes.values():
                 self.control.start_kubelet(node, CNI_PATHS[spec.cni])
         self._start_pods(spec.pods)
-        self.timings["pods"] = time.monotonic() - t
+        self._phase_done("pods", t)
         if self.control is not None:
             t = time.monotonic()
             self.control.wait_ready()
@@ -131,8 +133,13 @@ class Cluster:
                 addon.start()
                 for node in self.nodes.values():
                     addon.start_node(node)
-            self.timings["kubernetes"] = time.monotonic() - t
+            self._phase_done("kubernetes", t)
         self._write_state("running")
+
+    def _phase_done(self, name: str, started: float) -> None:
+        self.timings[name] = time.monotonic() - started
+        if self.on_phase is not None:
+            self.on_phase(name, self.timings[name])
 
     def _start_control_plane(self) -> None:
         self.control = ControlPlane(self.rundir, self.spec)
@@ -152,13 +159,13 @@ class Cluster:
         self.backend = cls(self)
         self.backend.setup()
         self.clients = build_clients(self)
-        self.timings["underlay"] = time.monotonic() - t
+        self._phase_done("underlay", t)
         t = time.monotonic()
         for node_spec in spec.nodes:
             self._start_node(node_spec)
         self.backend.sync()
         self.underlay.start_reconciler(self._fabric_changed)
-        self.timings["nodes"] = time.monotonic() - t
+        self._phase_done("nodes", t)
 
     def _fabric_changed(self, nodes_back: list[K8sNode]) -> None:
         """The underlay re-applied its routes after a link changed: a data plane that

@@ -117,6 +117,31 @@ class KnetCLI(CLI):
         state.pop("hosts", None)
         output(json.dumps(state, indent=2) + "\n")
 
+    def do_trace(self, line: str) -> None:
+        """trace SRC DST [icmp|tcp PORT|udp PORT]: every hop of one marked probe."""
+        from knetlab.trace import format_trace, trace
+        args = line.split()
+        if len(args) not in (2, 4) or (len(args) == 4 and not args[3].isdigit()):
+            output("usage: trace SRC DST [icmp|tcp PORT|udp PORT]\n")
+            return
+        proto, port = (args[2], int(args[3])) if len(args) == 4 else (None, None)
+        try:
+            output(format_trace(trace(self.cluster.state(), args[0], args[1], proto, port))
+                   + "\n")
+        except KnetlabError as exc:
+            output(f"error: {exc}\n")
+
+    def do_graph(self, line: str) -> None:
+        """graph FILE: draw the lab (FILE .png, .svg or .dot)."""
+        from knetlab.graph import render, to_dot
+        if len(line.split()) != 1:
+            output("usage: graph FILE.png|FILE.svg|FILE.dot\n")
+            return
+        try:
+            output(f"drawn: {render(to_dot(self.cluster.state()), line.strip())}\n")
+        except KnetlabError as exc:
+            output(f"error: {exc}\n")
+
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -48,6 +48,8 @@ def serve(topology: str) -> int:
 
     try:
         cluster = Cluster.load(topology)
+        from knetlab.progress import PhasePrinter
+        cluster.on_phase = PhasePrinter(sys.stdout)  # the CLI shows these lines as they come
         cluster.up()
     except (KnetlabError, Exception) as exc:  # noqa: BLE001 - reported to the waiting CLI
         print(f"ERROR: {exc}", flush=True)

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   iputils-ping containernetworking-plugins procps util-linux psmisc conntrack
   python3-venv python3-yaml exabgp bird2 frr traceroute
   etcd-server etcd-client nginx-light busybox dnsutils curl wget openssl python3-cryptography
+  graphviz
   wrk
 )
 
