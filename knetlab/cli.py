@@ -118,6 +118,7 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.addons.kubeproxy.commands",
     "knetlab.addons.ingress.commands",
     "knetlab.trace.commands",
+    "knetlab.addons.dns.commands",
 ]
 
 

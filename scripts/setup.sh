@@ -11,6 +11,7 @@ APT_PACKAGES=(
   etcd-server etcd-client nginx-light busybox dnsutils curl wget openssl python3-cryptography
   graphviz
   wrk
+  unbound dnsmasq-base dnsperf  # cluster DNS (knetlab runs unbound per DNS pod; docs/dns.md)
 )
 
 missing=()
@@ -21,6 +22,10 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # the package's own resolver service is not needed: each cluster DNS pod runs unbound itself
+  if [[ " ${missing[*]} " == *" unbound "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now unbound 2>/dev/null || true
+  fi
 fi
 
 # Debian's python3 sees Debian's mininet module (system site packages).

@@ -37,6 +37,7 @@ MODULES: list[str] = [  # e.g. "knetlab.addons.kubeproxy"
     "knetlab.addons.lbspeaker",
     "knetlab.addons.kubeproxy",
     "knetlab.addons.ingress.addon",
+    "knetlab.addons.dns",
 ]
 
 

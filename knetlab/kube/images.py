@@ -176,6 +176,18 @@ def _curl_entrypoint(args: list[str]) -> list[str]:
     return args
 
 
+# --- coredns ------------------------------------------------------------------------------
+
+def _coredns_files(pod_name: str, ports: list[int]) -> ImageRun:
+    """``/coredns``: knetlab's cluster DNS program (unbound fed from the API), whose args
+    the cluster DNS add-on writes into its Deployment (knetlab.addons.dns)."""
+    wrapper = (f"#!/bin/sh\n# knetlab's cluster DNS (the package knetlab.addons.dns)\n"
+               f'exec {shlex.quote(sys.executable)} -P -m knetlab.addons.dns.server "$@"\n')
+    paths = ["/coredns", f"{BIN_DIR}/coredns"]
+    return ImageRun(argv=[], files=dict.fromkeys(paths, wrapper), executable=paths,
+                    dirs=[BIN_DIR])
+
+
 # --- ingress-nginx ------------------------------------------------------------------------
 
 def _ingress_nginx_files(pod_name: str, ports: list[int]) -> ImageRun:
@@ -214,6 +226,11 @@ IMAGES: list[Image] = [
     Image("curlimages/curl*", ("curlimages/curl",),
           "curl (args starting with a flag go to curl), or the given command",
           (), _SLEEP, args_shim=_curl_entrypoint),
+    Image("registry.k8s.io/coredns/coredns:*",
+          ("registry.k8s.io/coredns/coredns", "registry.k8s.io/coredns", "coredns/coredns",
+           "k8s.gcr.io/coredns/coredns", "k8s.gcr.io/coredns"),
+          "knetlab's cluster DNS: unbound serving the cluster domain, fed from the API",
+          ("/coredns",), (), extras=_coredns_files),
     Image("registry.k8s.io/ingress-nginx/controller:*",
           ("registry.k8s.io/ingress-nginx/controller", "k8s.gcr.io/ingress-nginx/controller"),
           "knetlab's ingress-nginx: Debian's nginx fed by a controller watching the API",

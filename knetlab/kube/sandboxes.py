@@ -109,10 +109,16 @@ class Sandbox:
                 elif words and words[0] == "options":
                     options += words[1:]
         cfg = spec.get("dnsConfig") or {}
-        servers += cfg.get("nameservers") or []
-        search += cfg.get("searches") or []
+        # The kubelet's appendDNSConfig: duplicates dropped, an option of dnsConfig
+        # replaces the one of the same name (ndots:5 -> ndots:2), order kept.
+        servers = list(dict.fromkeys([*servers, *(cfg.get("nameservers") or [])]))
+        search = list(dict.fromkeys([*search, *(cfg.get("searches") or [])]))
+        merged = {o.split(":", 1)[0]: o for o in options}
         for o in cfg.get("options") or []:
-            options.append(f"{o['name']}:{o['value']}" if o.get("value") else o["name"])
+            merged[o["name"]] = f"{o['name']}:{o['value']}" if o.get("value") else o["name"]
+        options = list(merged.values())
+        # glibc reads at most 3 nameservers; the kubelet drops the rest (and 32+ searches)
+        servers, search = servers[:3], search[:32]
         out = "".join(f"nameserver {s}\n" for s in servers)
         if search:
             out = f"search {' '.join(search)}\n" + out
