@@ -1,6 +1,6 @@
 """Ingress on real nginx, in the style of ingress-nginx (the ``ingress`` add-on).
 
-Topology section (every key optional)::
+Topology section (every key optional; the section itself turns the controller on)::
 
     ingress:
       nodes: [node-1]      # where nginx serves (hostNetwork: the node's own addresses);
@@ -8,7 +8,7 @@ Topology section (every key optional)::
       httpPort: 80
       httpsPort: 443
       defaultClass: true   # the IngressClass "nginx" is the cluster's default class
-      enabled: true        # false: no ingress controller in this lab
+      enabled: true        # the default once the section is there (no section: no controller)
 
 What the add-on makes (``addon.py``), as an ingress-nginx install for bare metal has it
 (``docs/ingress.md``): the namespace ``ingress-nginx``, the IngressClass ``nginx``

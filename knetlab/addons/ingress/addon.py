@@ -70,7 +70,9 @@ class IngressNginx(Addon):
                                  "use three different ports")
         return {"nodes": nodes, "httpPort": http, "httpsPort": https,
                 "defaultClass": settings.bool("defaultClass", True),
-                "enabled": settings.bool("enabled", True)}
+                # Opt-in, as ingress addons are in kind and minikube: the controller holds
+                # ports 80 and 443 of its nodes, which a lab without `ingress:` may want.
+                "enabled": settings.bool("enabled", bool(settings.data))}
 
     @property
     def client(self) -> KubeClient:
