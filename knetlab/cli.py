@@ -115,6 +115,7 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.overlays.ovs.commands",
     "knetlab.kube.commands",
     "knetlab.fault_commands",
+    "knetlab.overlays.weave.commands",
     "knetlab.addons.kubeproxy.commands",
     "knetlab.addons.ingress.commands",
     "knetlab.trace.commands",
@@ -239,6 +240,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     pods, nodes = endpoints(state)
     report = run_check(pods, nodes, args.sample)
     print(format_report(report))
+    for note in state.get("check_notes", []):  # the data plane's own caveats (macvlan)
+        print(f"note: {note}")
     return 0 if report.ok else EXIT_ERROR
 
 

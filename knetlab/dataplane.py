@@ -109,6 +109,9 @@ BACKEND_MODULES = [
     "knetlab.overlays.flannel.backend",
     "knetlab.overlays.calico",
     "knetlab.overlays.ovs.backend",
+    "knetlab.overlays.weave.backend",
+    "knetlab.overlays.macvlan",
+    "knetlab.overlays.rancher_ipsec",
 ]
 
 

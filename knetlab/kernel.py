@@ -33,6 +33,7 @@ FEATURES = {
     "ipvs": ("CONFIG_IP_VS", "IPVS (kube-proxy ipvs mode)"),
     "openvswitch": ("CONFIG_OPENVSWITCH", "the Open vSwitch kernel datapath"),
     "netem": ("CONFIG_NET_SCH_NETEM", "netem delay/loss"),
+    "esp": ("CONFIG_INET_ESP", "IPsec ESP (the xfrm transform that encrypts packets)"),
 }
 
 # Device names no one else uses: the namespace is empty anyway. (Not "a": `ip link add a`
@@ -51,6 +52,10 @@ PROBES: dict[str, tuple[str, str]] = {  # feature -> (command, its stdin)
     "ipvs": ("genl ctrl get name IPVS", ""),
     "openvswitch": ("genl ctrl get name ovs_datapath", ""),
     "netem": ("tc qdisc add dev lo root netem delay 1ms", ""),
+    # An ESP security association: xfrm accepts it only if the kernel has ESP.
+    "esp": (_IP, "xfrm state add src 10.0.0.1 dst 10.0.0.2 proto esp spi 0x100 mode tunnel "
+                 "enc cbc(aes) 0x00112233445566778899aabbccddeeff "
+                 "auth hmac(sha256) 0x" + "00112233445566778899aabbccddeeff" * 2 + "\n"),
 }
 PROBE_TIMEOUT = 10.0
 

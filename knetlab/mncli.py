@@ -101,6 +101,8 @@ class KnetCLI(CLI):
         args = line.split()
         sample = int(args[0]) if args and args[0].isdigit() else None
         output(format_report(self.cluster.check(sample)) + "\n")
+        for note in self.cluster.state().get("check_notes", []):  # the data plane's caveats
+            output(f"note: {note}\n")
 
     def do_kubectl(self, line: str) -> None:
         """kubectl ARGS: kubectl against the lab's API server (its kubeconfig)."""
