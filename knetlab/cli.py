@@ -120,6 +120,7 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.addons.ingress.commands",
     "knetlab.trace.commands",
     "knetlab.addons.dns.commands",
+    "knetlab.addons.netpolicy.commands",
 ]
 
 

@@ -38,6 +38,7 @@ MODULES: list[str] = [  # e.g. "knetlab.addons.kubeproxy"
     "knetlab.addons.kubeproxy",
     "knetlab.addons.ingress.addon",
     "knetlab.addons.dns",
+    "knetlab.addons.netpolicy.addon",
 ]
 
 
