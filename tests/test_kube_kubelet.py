@@ -119,6 +119,8 @@ class RecordingClient:
         self.deleted: list[str] = []
         self.events: dict[str, dict] = {}  # name -> Event, as created then patched
         self.objects: dict[tuple[str, str, str], dict] = {}  # (resource, ns, name) -> obj
+        # what the kubelet copies into every pod's service-account files
+        self.token, self.ca_data = "recording-token", b"(the lab CA would be here)\n"
 
     def patch(self, resource: str, name: str, body: dict, namespace: str | None = None,
               subresource: str = "", kind: str = "merge") -> dict:
