@@ -32,8 +32,8 @@ from knetlab.faults import Faults
 from knetlab.kube.controlplane import ControlPlane
 from knetlab.nodes.host import NetnsHost
 from knetlab.nodes.k8snode import K8sNode
-from knetlab.nodes.kubelet import CNI_PATHS, Kubelet
 from knetlab.nodes.pod import ApiPod, Pod
+from knetlab.nodes.sandbox_runtime import CNI_PATHS, SandboxRuntime
 from knetlab.ovs import OvsInstance
 from knetlab.rundir import RunDir, pid_alive
 from knetlab.store import Store, lab_store
@@ -185,7 +185,7 @@ class Cluster:
         self.underlay.attach_node(node)
         node.prepare()
         self.backend.setup_node(node)
-        node.kubelet = Kubelet(node, self.backend.cni_config(node), self.spec.cni)
+        node.runtime = SandboxRuntime(node, self.backend.cni_config(node), self.spec.cni)
         return node
 
     def _start_pods(self, specs: list[PodSpec]) -> None:
@@ -210,10 +210,10 @@ class Cluster:
         for ps in specs:
             pod = self.net.addHost(ps.name, cls=Pod, rundir=self.rundir, node=ps.node, ip=None)
             self.pods[ps.name] = pod
-            kubelet = self.nodes[pod.node_name].kubelet
-            assert kubelet
+            runtime = self.nodes[pod.node_name].runtime
+            assert runtime
             try:
-                kubelet.run_pod_sandbox(pod)
+                runtime.run_pod_sandbox(pod)
             except Exception as exc:
                 raise KnetlabError(f"failed to set up networking of pod {pod.name} on "
                                    f"{pod.node_name}: {exc}") from exc
@@ -239,9 +239,9 @@ class Cluster:
         self.spec.pods = [p for p in self.spec.pods if p.name != name]
         pod = self.pods.pop(name, None)
         if pod is not None:
-            kubelet = self.nodes[pod.node_name].kubelet
-            if kubelet is not None:
-                _attempt(f"CNI DEL of pod {name}", kubelet.stop_pod_sandbox, pod)
+            runtime = self.nodes[pod.node_name].runtime
+            if runtime is not None:
+                _attempt(f"CNI DEL of pod {name}", runtime.stop_pod_sandbox, pod)
             _attempt(f"remove pod {name}", self._remove_host, pod)
         if self.control is not None:
             _attempt(f"delete mirror pod {name}", self.control.delete_mirror_pod, name)
@@ -264,9 +264,9 @@ class Cluster:
         if pod is None:
             raise NotFoundError(f"no topology pod {name!r} in cluster {self.spec.name} "
                                 "(delete the API's pods with kubectl)")
-        kubelet = self.nodes[pod.node_name].kubelet
-        assert kubelet
-        kubelet.stop_pod_sandbox(pod)
+        runtime = self.nodes[pod.node_name].runtime
+        assert runtime
+        runtime.stop_pod_sandbox(pod)
         self._remove_host(pod)
         del self.pods[name]
         if self.control is not None:
@@ -400,10 +400,10 @@ class Cluster:
         def release(pods: list[Pod]) -> None:
             for pod in pods:
                 node = self.nodes.get(pod.node_name)
-                if node is None or node.kubelet is None:
+                if node is None or node.runtime is None:
                     continue  # its node never got that far: no ADD ran
                 try:
-                    node.kubelet.stop_pod_sandbox(pod)
+                    node.runtime.stop_pod_sandbox(pod)
                 except Exception:  # noqa: BLE001 - teardown goes on; clean removes the rest
                     log.exception("CNI DEL of pod %s on %s failed", pod.name, node.name)
 

@@ -52,7 +52,10 @@ def test_default_topology_passes_check(lab) -> None:
     c = lab(TOPOLOGIES / "default.yaml")
     report = c.check()
     assert report.ok, [p.error for p in report.failures]
-    assert len(report.probes) == 6 * 5 + 3 * 6
+    # every pod to every other pod and every node to every pod: the topology's 6 and the
+    # API's (the cluster DNS pod) alike
+    pods = len({p.src.name for p in report.probes if p.src.kind == "pod"})
+    assert pods >= 6 and len(report.probes) == pods * (pods - 1) + 3 * pods
     # host-gw: the route to a peer's pods goes straight to the peer node
     routes = c.node("node-1").run(["ip", "route"]).stdout
     assert "10.244.2.0/24 via 192.168.0.12" in routes
@@ -77,7 +80,7 @@ def test_reference_plugins_and_ovs_switch(lab, tmp_path: Path) -> None:
     c = lab(topo)
     conf = json.loads((c.node("node-1").dir / "cni/net.d/10-knetlab.conflist").read_text())
     assert conf["plugins"][0]["type"] == "bridge"
-    assert c.nodes["node-1"].kubelet.runtime.cni_path == ["/usr/lib/cni"]
+    assert c.nodes["node-1"].runtime.cni.cni_path == ["/usr/lib/cni"]
     assert c.check().ok
 
 
@@ -86,7 +89,7 @@ def test_knetlab_plugins_when_asked(lab, tmp_path: Path) -> None:
     topo = write_topology(tmp_path, "name: lab-kcni\ncni: knetlab\n"
                                     "nodes: {count: 2}\npods: {perNode: 2}\n")
     c = lab(topo)
-    assert c.nodes["node-1"].kubelet.runtime.cni_path[0].endswith("knetlab/cni/bin")
+    assert c.nodes["node-1"].runtime.cni.cni_path[0].endswith("knetlab/cni/bin")
     assert c.check().ok
 
 
@@ -111,7 +114,7 @@ def test_live_node_and_pod_changes(lab, tmp_path: Path) -> None:
     for bad in ("averyverylongnode", "tor-1", "node-1"):
         with pytest.raises(KnetlabError, match="cannot add node"):
             c.add_node(bad)
-    runtime = c.node("node-1").kubelet.runtime
+    runtime = c.node("node-1").runtime.cni
     plugins, runtime.cni_path = runtime.cni_path, [str(tmp_path)]  # CNI ADD fails, netns made
     with pytest.raises(KnetlabError, match="doomed"):
         c.add_pod("doomed", "node-1")
@@ -165,7 +168,8 @@ def test_cli_detached_lifecycle_leaves_machine_as_before(tmp_path: Path) -> None
         assert "OK" in knetlab("check", "--cluster", "lab-cli").stdout
         knetlab("node", "--cluster", "lab-cli", "add", "node-3")
         knetlab("pod", "--cluster", "lab-cli", "add", "extra", "--node", "node-3")
-        assert "35/35 probes passed" in knetlab("check", "--cluster", "lab-cli").stdout
+        # 5 topology pods and the cluster DNS pod, 3 nodes: 6 x 5 + 3 x 6
+        assert "48/48 probes passed" in knetlab("check", "--cluster", "lab-cli").stdout
         pids = owned_pids(rd)
         assert len(pids) >= 3 + 5 + 1  # node shells, pod shells, the switch's shell
     finally:

@@ -1,7 +1,8 @@
 """A Kubernetes node: a Mininet host with forwarding on, a pod bridge and a kubelet.
 
-The node's uplink (``<node>-eth0``) carries the node IP on the underlay. Pods are wired by
-the kubelet through CNI; the cross-node data plane is the cluster's ``Backend``.
+The node's uplink (``<node>-eth0``) carries the node IP on the underlay. Pods are wired
+through CNI (the topology's by the node's ``SandboxRuntime``, the API's by its kubelet
+daemon); the cross-node data plane is the cluster's ``Backend``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from knetlab.nodes.host import NetnsHost
-from knetlab.nodes.kubelet import Kubelet
+from knetlab.nodes.sandbox_runtime import SandboxRuntime
 
 if TYPE_CHECKING:
     from knetlab.rundir import RunDir
@@ -22,7 +23,7 @@ class K8sNode(NetnsHost):
         self.spec = spec
         self.dir = rundir.node_dir(name)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.kubelet: Kubelet | None = None
+        self.runtime: SandboxRuntime | None = None  # wires its topology pods (CNI)
 
     @property
     def node_ip(self) -> str:

@@ -294,7 +294,7 @@ def _default_cni(plugins: tuple[str, ...]) -> str:
     """The reference plugins (bridge, host-local: what flannel's CNI plugin delegates to) for
     every data plane that needs no knetlab-only plugin, when they are installed: they are the
     real ones and wire a pod in a third of the CPU time of knetlab's Python pair."""
-    from knetlab.nodes.kubelet import CNI_PATHS
+    from knetlab.nodes.sandbox_runtime import CNI_PATHS
     if plugins:
         return "knetlab"
     dirs = CNI_PATHS["reference"]
@@ -306,7 +306,7 @@ def _cni_plugins(spec: ClusterSpec, top: Fields, plugins: tuple[str, ...]) -> No
     """The data plane's CNI plugins must be in the plugin set ``cni`` chooses: knetlab's
     calico or ovs plugin is not among the reference plugins, and would fail at the first pod
     instead of here."""
-    from knetlab.nodes.kubelet import CNI_PATHS
+    from knetlab.nodes.sandbox_runtime import CNI_PATHS
     dirs = CNI_PATHS[spec.cni]
     missing = [p for p in plugins if not any((Path(d) / p).is_file() for d in dirs)]
     if missing:
