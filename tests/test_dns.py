@@ -8,11 +8,13 @@ through the kube-dns Service address when kube-proxy is registered.
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -372,6 +374,93 @@ def test_through_the_service_with_the_pods_resolv_conf(dns_lab: Lab) -> None:
     assert short.strip() == pod_ips(dns_lab, "app=db")["db-0"]
     tcp = dns_lab.k("exec", "client", "--", "dig", "+tcp", "+short", f"kubernetes.default.svc.{Z}")
     assert tcp.strip() == "10.96.0.1"
+
+
+def container_pid(rundir: object, pod: dict[str, Any], container: str) -> int:
+    """The pid of a running container's program (nsenter execs it: the kubelet's pid file)."""
+    pdir = runtime.pod_dir_of(rundir, pod)
+    return int((runtime.container_dir(pdir, container) / "pid").read_text().split()[0])
+
+
+def api_connections(pid: int) -> list[str]:
+    """Process ``pid``'s established TCP connections to the kubernetes Service (10.96.0.1:443),
+    as ``ss`` sees them in the process's own network namespace."""
+    out = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ss", "-Htnp", "state",
+                          "established", "dst", "10.96.0.1:443"],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    return [line for line in out.splitlines() if f"pid={pid}," in line]
+
+
+@pytest.mark.skipif("knetlab.addons.kubeproxy" not in MODULES,
+                    reason="kube-proxy is not registered: 10.96.0.1 is not routed")
+def test_dns_pod_is_an_in_cluster_client(dns_lab: Lab) -> None:
+    """As CoreDNS: the controller stays in its pod's network namespace and watches the API
+    through the kubernetes Service (service-account token, 10.96.0.1:443), and serves."""
+    pod = dns_lab.k.json("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-dns")["items"][0]
+    pid = container_pid(dns_lab.c.rundir, pod, "coredns")
+    own = os.readlink(f"/proc/{pid}/ns/net")
+    assert own == os.readlink(runtime.sandbox_netns(dns_lab.c.rundir, pod))
+    assert own != os.readlink("/proc/self/ns/net")  # not the API server's namespace
+    assert b"kubeconfig" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    # its own service-account files (pods started later in other namespaces do not show)
+    sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert subprocess.run(runtime.enter_argv(pid, "/", ["cat", f"{sa}/namespace"]),
+                          capture_output=True, text=True, check=True).stdout == "kube-system"
+    poll(lambda: len(api_connections(pid)) >= 3, 30,
+         "its informers' watches open to 10.96.0.1:443 from the pod")
+    ip = svc_ip(dns_lab, "web")
+    assert dns_lab.one(f"web.default.svc.{Z}") == ("NOERROR", [f"A {ip}"])
+
+
+def _dns_pods(dns_lab: Lab) -> list[dict[str, Any]]:
+    return [p for p in dns_lab.k.json("get", "pods", "-n", "kube-system", "-l",
+                                      "k8s-app=kube-dns")["items"]
+            if not p["metadata"].get("deletionTimestamp")]
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+@pytest.mark.skipif("knetlab.addons.kubeproxy" not in MODULES,
+                    reason="kube-proxy is not registered: 10.96.0.1 is not routed")
+def test_not_ready_until_the_kubernetes_service_is_routed(dns_lab: Lab) -> None:
+    """A DNS pod started before its node's kube-proxy routes 10.96.0.1 (here: a RETURN ahead
+    of kube-proxy's rules, as if not synced yet) waits, not Ready, retrying with back-off;
+    it is Ready soon after the Service is routed. Runs last of the lab tests: it replaces
+    the DNS pod (``dns_lab.dns_ip`` follows)."""
+    (old,) = _dns_pods(dns_lab)
+    rule = ["PREROUTING", "-d", "10.96.0.1/32", "-p", "tcp", "-m", "comment", "--comment",
+            "test: kubernetes Service not routed yet", "-j", "RETURN"]
+    nodes = [dns_lab.c.node(n) for n in ("node-1", "node-2")]
+    for node in nodes:  # kube-proxy's default backend in this lab: iptables legacy
+        node.run(["iptables-legacy", "-t", "nat", "-I", *rule[:1], "1", *rule[1:]])
+    try:
+        dns_lab.k("delete", "pod", "-n", "kube-system", old["metadata"]["name"],
+                  "--grace-period=0")
+        new: dict[str, Any] = {}
+
+        def waiting() -> bool:
+            pods = [p for p in _dns_pods(dns_lab)
+                    if p["metadata"]["name"] != old["metadata"]["name"]]
+            if not pods or (pods[0].get("status") or {}).get("phase") != "Running":
+                return False
+            new.update(pods[0])
+            return "waiting for the services informer" in dns_lab.k(
+                "logs", "-n", "kube-system", pods[0]["metadata"]["name"])
+        poll(waiting, 40, "the new DNS pod waiting for the API")
+        name = new["metadata"]["name"]
+        assert not _ready(dns_lab.k.json("get", "pod", "-n", "kube-system", name))
+    finally:
+        for node in nodes:
+            node.run(["iptables-legacy", "-t", "nat", "-D", *rule])
+    t0 = time.monotonic()
+    poll(lambda: any(_ready(p) for p in _dns_pods(dns_lab)), 30,
+         "the DNS pod Ready once the Service is routed")
+    print(f"Ready {time.monotonic() - t0:.1f} s after the Service was routed again")
+    dns_lab.dns_ip = next(p["status"]["podIP"] for p in _dns_pods(dns_lab) if _ready(p))
+    assert dns_lab.one(f"web.default.svc.{Z}") == ("NOERROR", [f"A {svc_ip(dns_lab, 'web')}"])
 
 
 # -- no lab ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from knetlab.addons.ingress import model, state_root
 from knetlab.addons.ingress.certs import FAKE_CN, tls_secret
 from knetlab.addons.ingress.render import render
 from knetlab.cluster import Cluster
+from knetlab.kube import runtime
 from tests.conftest import ROOT, needs_root, poll, write_topology
 
 pytestmark = [needs_root, pytest.mark.e2e]
@@ -372,6 +374,35 @@ def test_nodeport_service_reaches_nginx(lab: Cluster, client: Client) -> None:
                        f"http://b.wild.example:{port}/hostname"], check=False)
         return res.stdout.startswith("web-")
     poll(through_nodeport, 30, f"node-2:{port} (NodePort) -> nginx on node-1 -> web")
+
+
+def test_controller_is_an_in_cluster_client_on_the_node(lab: Cluster, client: Client) -> None:
+    """As ingress-nginx: the controller stays in its (hostNetwork) pod's namespace, the
+    node's, and watches the API through the kubernetes Service (10.96.0.1:443, carried by
+    the node's kube-proxy OUTPUT rules to the API server); and serves."""
+    kc = lab._control().client
+    pod = next(p for p in kc.list("pods", "ingress-nginx",
+                                  label_selector="app.kubernetes.io/component=controller")[
+        "items"] if p["spec"].get("nodeName") == "node-1")
+    pdir = runtime.pod_dir_of(lab.rundir, pod)
+    pid = int((runtime.container_dir(pdir, "controller") / "pid").read_text().split()[0])
+    own = os.readlink(f"/proc/{pid}/ns/net")
+    assert own == os.readlink(runtime.sandbox_netns(lab.rundir, pod))
+    assert own == os.readlink(lab.node("node-1").netns)  # hostNetwork: the node's
+    assert own != os.readlink("/proc/self/ns/net")     # not the API server's namespace
+    assert b"kubeconfig" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    # its own service-account files, not those of the last pod started anywhere
+    sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert subprocess.run(runtime.enter_argv(pid, "/", ["cat", f"{sa}/namespace"]),
+                          capture_output=True, text=True, check=True).stdout == "ingress-nginx"
+
+    def watches() -> int:
+        out = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ss", "-Htnp", "state",
+                              "established", "dst", "10.96.0.1:443"], capture_output=True,
+                             text=True, check=True, timeout=10).stdout
+        return sum(f"pid={pid}," in line for line in out.splitlines())
+    poll(lambda: watches() >= 3, 30, "its informers' watches open to 10.96.0.1:443")
+    assert client.backend("paths.example", "/foo") == "web"
 
 
 def test_bad_config_never_installed(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """A small Kubernetes API client for knetlab's own components (controllers, kubelets, add-ons).
 
 Standard library only, so that a kubelet per node starts in tens of milliseconds: HTTPS with
-the lab's CA and bearer token (from the kubeconfig ``knetlab up`` writes), one keep-alive
+the lab's CA and bearer token (from the kubeconfig ``knetlab up`` writes, or, in a pod, from
+the service-account files and ``KUBERNETES_SERVICE_*`` as client-go's
+``rest.InClusterConfig`` reads them: ``KubeClient.in_cluster``), one keep-alive
 connection per thread, JSON in and out. On top of it the two client-go pieces every
 controller is built from: ``Informer`` (list, then watch from the list's resourceVersion,
 relist on 410 Gone, a local cache, event handlers) and ``WorkQueue`` (deduplicated keys, one
@@ -17,6 +19,7 @@ import heapq
 import http.client
 import json
 import logging
+import os
 import ssl
 import threading
 import time
@@ -66,6 +69,9 @@ KINDS = {"Namespace": "namespaces", "Node": "nodes", "Pod": "pods", "Service": "
          "NetworkPolicy": "networkpolicies", "Ingress": "ingresses",
          "IngressClass": "ingressclasses", "Lease": "leases"}
 
+#: where the kubelet mounts a pod's service-account token, CA and namespace
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
 PATCH_TYPES = {"merge": "application/merge-patch+json",
                "strategic": "application/strategic-merge-patch+json",
                "json": "application/json-patch+json"}
@@ -81,14 +87,73 @@ class ApiError(KnetlabError):
         super().__init__(f"{code} {self.reason}: {status.get('message', '')}".strip())
 
 
+class NotInClusterError(KnetlabError):
+    """``KubeClient.in_cluster`` outside a pod (client-go's ``ErrNotInCluster``)."""
+
+
 class KubeClient:
-    def __init__(self, server: str, token: str, ca_data: bytes, timeout: float = 30) -> None:
+    def __init__(self, server: str, token: str, ca_data: bytes, timeout: float = 30,
+                 token_file: Path | None = None) -> None:
         url = urllib.parse.urlsplit(server)
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 443
-        self.token, self.ca_data = token, ca_data
+        self._token, self.ca_data = token, ca_data
         self.timeout = timeout
         self.ssl = ssl.create_default_context(cadata=ca_data.decode())
         self._local = threading.local()
+        # A projected token is rotated by the kubelet: re-read the file when it changes
+        # (client-go re-reads it every minute), keyed by (inode, mtime) so a stat per
+        # request is all it costs. No stamp yet: the first request reads the file again, so
+        # a rotation between reading ``token`` and this point is not missed.
+        self.token_file = token_file
+        self._token_stamp: tuple[int, int] | None = None
+
+    @property
+    def token(self) -> str:
+        if self.token_file is not None:
+            stamp = self._stamp()
+            if stamp != self._token_stamp and stamp is not None:
+                try:
+                    self._token = self.token_file.read_text().strip()
+                    self._token_stamp = stamp
+                except OSError as exc:  # mid-rotation: the old token until the next request
+                    log.debug("re-reading %s: %s", self.token_file, exc)
+        return self._token
+
+    def _stamp(self) -> tuple[int, int] | None:
+        if self.token_file is None:
+            return None
+        try:
+            st = self.token_file.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    @classmethod
+    def in_cluster(cls, sa_dir: str | Path = SERVICE_ACCOUNT_DIR,
+                   environ: dict[str, str] | None = None) -> KubeClient:
+        """The client of a program running in a pod, as client-go's ``rest.InClusterConfig``
+        builds it: the ``kubernetes`` Service's address from ``KUBERNETES_SERVICE_HOST`` and
+        ``_PORT`` (the kubelet's env), the bearer token and CA the kubelet mounted at
+        ``sa_dir``. Nothing is dialled here: the first request may find the Service not yet
+        routed on this node (kube-proxy still syncing), which callers retry like any other
+        unreachable API (``Informer`` backs off)."""
+        env = os.environ if environ is None else environ
+        host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+        if not host or not port:
+            raise NotInClusterError("unable to load in-cluster configuration: "
+                                    "KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must "
+                                    "be set (the kubelet sets them in every container)")
+        sa = Path(sa_dir)
+        try:
+            token = (sa / "token").read_text().strip()
+            ca = (sa / "ca.crt").read_bytes()
+        except OSError as exc:
+            raise NotInClusterError(f"unable to load in-cluster configuration: {exc} (the "
+                                    f"kubelet mounts the service-account token and CA at "
+                                    f"{sa})") from None
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address in a URL
+        return cls(f"https://{host}:{port}", token, ca, token_file=sa / "token")
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path) -> KubeClient:

@@ -44,6 +44,7 @@ log = logging.getLogger("knetlab.kube.podworker")
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
 CONFIG_RETRY_S = 2.0
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SA_VOLUME = "kube-api-access"  # upstream adds a random suffix
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -340,10 +341,21 @@ class PodWorker:
                 vm.get("mountPath", "").rstrip("/") == SA_DIR
                 for vm in container.get("volumeMounts") or []):
             return
+        # A volume of the pod's own, bind-mounted read-only at SA_DIR, as the kubelet mounts
+        # the projected ``kube-api-access-*`` volume: writing through the pod's root would
+        # land in the machine's /run (``/var/run`` -> ``/run``, which every pod shares), so
+        # every pod of every lab would read the last-started pod's token and namespace.
         client = self.k.client
+        src = self.dir / "volumes" / SA_VOLUME
+        src.mkdir(parents=True, exist_ok=True)
         for name, content in (("token", client.token), ("namespace", self.ns),
                               ("ca.crt", client.ca_data.decode())):
-            self.sandbox.write(f"{SA_DIR}/{name}", content)
+            tmp = src / f".{name}.tmp"  # renamed over: a reader never sees half a token
+            tmp.write_text(content)
+            tmp.replace(src / name)
+        self.volumes.mount({"volumeMounts": [{"name": SA_VOLUME, "mountPath": SA_DIR,
+                                              "readOnly": True}]},
+                           {"spec": {"volumes": [{"name": SA_VOLUME, "emptyDir": {}}]}})
 
     def start(self, c: Container, pod: dict[str, Any]) -> None:
         spec = c.spec

@@ -2,10 +2,13 @@
 
 The add-on only writes API objects, as kubeadm does: the Service ``kube-dns`` with the
 tenth address of serviceCIDR (``ControlPlane.cluster_dns``, what every kubelet writes into
-pods' resolv.conf) and the Deployment ``coredns`` whose pods the scheduler places and the
-kubelets run like any other. Its image, ``registry.k8s.io/coredns/coredns``, maps to
-knetlab's DNS program (``server.py``): unbound serving the records that ``records.py``
-derives from Services, EndpointSlices and Pods (see docs/dns.md for why unbound).
+pods' resolv.conf), the ServiceAccount ``coredns`` and the Deployment ``coredns`` whose pods
+the scheduler places and the kubelets run like any other. The pods are in-cluster API
+clients, as CoreDNS is: they read the service-account token the kubelet mounts and reach the
+API through the ``kubernetes`` Service (kube-proxy's rules on their node). Its image,
+``registry.k8s.io/coredns/coredns``, maps to knetlab's DNS program (``server.py``): unbound
+serving the records that ``records.py`` derives from Services, EndpointSlices and Pods (see
+docs/dns.md for why unbound).
 
 Topology section (all optional)::
 
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,7 @@ log = logging.getLogger("knetlab.addons.dns")
 NAMESPACE = "kube-system"
 SERVICE = "kube-dns"
 DEPLOYMENT = "coredns"
+SERVICE_ACCOUNT = "coredns"
 LABELS = {"k8s-app": "kube-dns"}
 IMAGE = "registry.k8s.io/coredns/coredns:v1.11.3"
 READY_PORT = 8181
@@ -89,10 +92,9 @@ class ClusterDNS(Addon):
     def args(self) -> list[str]:
         spec, control = self.cluster.spec, self.cluster.control
         assert control is not None
-        out = ["--kubeconfig", str(control.kubeconfig), "--domain", spec.dns_domain,
+        out = ["--domain", spec.dns_domain,
                "--dns-ip", control.cluster_dns, "--ttl", str(self.settings["ttl"]),
-               "--reverse-cidr", str(spec.service_cidr), "--reverse-cidr", str(spec.pod_cidr),
-               "--api-netns", api_netns(control)]
+               "--reverse-cidr", str(spec.service_cidr), "--reverse-cidr", str(spec.pod_cidr)]
         for ip in self.settings["upstream"]:
             out += ["--upstream", ip]
         return out
@@ -109,6 +111,10 @@ class ClusterDNS(Addon):
                                    {"name": "dns-tcp", "port": 53, "protocol": "TCP",
                                     "targetPort": 53}]}}
 
+    def service_account(self) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE}}
+
     def deployment(self) -> dict[str, Any]:
         container = {
             "name": "coredns", "image": IMAGE, "args": self.args(),
@@ -122,13 +128,15 @@ class ClusterDNS(Addon):
                 "spec": {"replicas": self.settings["replicas"],
                          "selector": {"matchLabels": dict(LABELS)},
                          "template": {"metadata": {"labels": dict(LABELS)},
-                                      "spec": {"dnsPolicy": "Default",
+                                      "spec": {"serviceAccountName": SERVICE_ACCOUNT,
+                                               "dnsPolicy": "Default",
                                                "containers": [container]}}}}
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
         client = self.client
         ensure_namespace(client, NAMESPACE)
+        client.apply(self.service_account())
         client.apply(self.service())
         client.apply(self.deployment())
 
@@ -165,16 +173,3 @@ def ensure_namespace(client: KubeClient, name: str) -> None:
         if exc.code != 409:
             raise
 
-
-def api_netns(control: Any) -> str:
-    """The network namespace of the API server as a path every process can open: the
-    machine's (pid 1's) when knetlab runs there, else the API server's own."""
-    def inode(path: str) -> int | None:
-        try:
-            return os.stat(path).st_ino
-        except OSError:
-            return None
-    if inode("/proc/self/ns/net") == inode("/proc/1/ns/net"):
-        return "/proc/1/ns/net"
-    pid = control.apiserver.pid if control.apiserver is not None else None
-    return f"/proc/{pid}/ns/net" if pid else "/proc/self/ns/net"

@@ -1,19 +1,20 @@
 """The cluster DNS pod's program: unbound, fed by a controller that watches the API.
 
-``python -m knetlab.addons.dns.server --kubeconfig K --domain cluster.local --dns-ip IP
-[--reverse-cidr CIDR]... [--upstream IP]... [--api-netns PATH]``, run by the kubelet as the
-container of the ``coredns`` Deployment in kube-system (the image
-``registry.k8s.io/coredns/coredns`` maps to this program, ``knetlab.kube.images``).
+``python -m knetlab.addons.dns.server --domain cluster.local --dns-ip IP
+[--reverse-cidr CIDR]... [--upstream IP]...``, run by the kubelet as the container of the
+``coredns`` Deployment in kube-system (the image ``registry.k8s.io/coredns/coredns`` maps to
+this program, ``knetlab.kube.images``).
 
 Design notes:
 
-- unbound starts first, as a child in the pod's network namespace, listening on port 53;
-  the readiness socket (``:8181/ready``, CoreDNS's port and path) is opened there too.
-  Only then does this process move itself to the API server's network namespace
-  (``setns``, while it still has one thread): the lab's API server listens on the
-  machine's loopback, which no pod can route to. Sockets keep the namespace they were
-  made in, so unbound and the readiness port stay the pod's, and the control socket is a
-  unix socket (a file, in no network namespace).
+- Everything runs in the pod's own network namespace. unbound starts first, as a child,
+  listening on port 53; the readiness socket is ``:8181/ready`` (CoreDNS's port and path).
+- The API is reached as CoreDNS's kubernetes plugin reaches it: an in-cluster client
+  (``KubeClient.in_cluster``: the service-account token and CA the kubelet mounted, the
+  ``kubernetes`` Service at ``KUBERNETES_SERVICE_HOST``), so requests go to 10.96.0.1:443
+  and through the node's kube-proxy rules to the API server. Until that node's kube-proxy
+  has synced, the Service is not routed: the informers retry with back-off and the pod
+  stays not ready, as CoreDNS does until its first list succeeds.
 - Level-triggered: informers on Services, EndpointSlices and Pods only set a flag; one
   sync thread renders the whole record set (``records.build_records``), diffs it with
   what unbound holds and sends the difference (``local_datas_remove`` then
@@ -47,22 +48,9 @@ if TYPE_CHECKING:
     from knetlab.kube.client import KubeClient
 
 log = logging.getLogger("knetlab.dns")
-CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 READY_PORT = 8181
 RESYNC_S = 30.0  # a full re-send now and then repairs anything unbound lost
-
-
-def enter_netns(path: str) -> None:
-    """Move this (still single-threaded) process into the network namespace at ``path``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def _die_with_parent() -> None:
@@ -131,7 +119,8 @@ class Feeder:
     def _loop(self) -> None:
         for inf in self.informers.values():
             while not inf.wait_synced(5):
-                log.info("waiting for the %s informer", inf.resource)
+                log.info("waiting for the %s informer (is the kubernetes Service routed on "
+                         "this node yet?)", inf.resource)
         last_full = 0.0
         while True:
             self.dirty.wait(RESYNC_S)
@@ -197,14 +186,11 @@ def serve_ready(sock: socket.socket, feeder: Feeder) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="knetlab-dns", description=__doc__.splitlines()[0])
-    p.add_argument("--kubeconfig", required=True)
     p.add_argument("--domain", default="cluster.local")
     p.add_argument("--dns-ip", default="10.96.0.10")
     p.add_argument("--ttl", type=int, default=5)
     p.add_argument("--reverse-cidr", action="append", default=[])
     p.add_argument("--upstream", action="append", default=[])
-    p.add_argument("--api-netns", default="/proc/1/ns/net",
-                   help="network namespace of the API server (the machine's by default)")
     p.add_argument("--dir", default="/var/lib/knetlab-dns")
     p.add_argument("--port", type=int, default=53)
     args = p.parse_args(argv)
@@ -216,12 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     unbound = Unbound(ServerConfig(directory=args.dir,
                                    zones=[zone.origin, *reverse_zones(args.reverse_cidr)],
                                    upstreams=args.upstream, port=args.port))
+    from knetlab.kube.client import KubeClient, NotInClusterError
+    try:
+        client = KubeClient.in_cluster()
+    except NotInClusterError as exc:
+        log.error("%s", exc)
+        return 1
     unbound.start()
     ready_sock = socket.create_server(("0.0.0.0", READY_PORT), reuse_port=False)
-    enter_netns(args.api_netns)  # still one thread: the whole process moves (see above)
-
-    from knetlab.kube.client import KubeClient
-    feeder = Feeder(KubeClient.from_kubeconfig(args.kubeconfig), zone, unbound)
+    feeder = Feeder(client, zone, unbound)
     serve_ready(ready_sock, feeder)
     feeder.start()
     log.info("serving %s on port %d (upstreams: %s)", zone.origin, args.port,

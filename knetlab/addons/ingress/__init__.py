@@ -12,16 +12,18 @@ Topology section (every key optional; the section itself turns the controller on
 
 What the add-on makes (``addon.py``), as an ingress-nginx install for bare metal has it
 (``docs/ingress.md``): the namespace ``ingress-nginx``, the IngressClass ``nginx``
-(controller ``k8s.io/ingress-nginx``), the DaemonSet ``ingress-nginx-controller``
-(``hostNetwork: true``, on the nodes labelled ``knetlab.io/ingress=true``: the chosen ones),
+(controller ``k8s.io/ingress-nginx``), the ServiceAccount ``ingress-nginx``, the DaemonSet
+``ingress-nginx-controller`` (``hostNetwork: true``, on the nodes labelled
+``knetlab.io/ingress=true``: the chosen ones),
 and, when kube-proxy is an add-on of the lab, the Service
 ``ingress-nginx/ingress-nginx-controller`` (LoadBalancer when the topology has
 ``loadBalancerCIDR``, else NodePort) whose EndpointSlice the leader keeps on the nginx nodes.
 
 The kubelets run the pods; each pod (``pod.py``) runs nginx in the node's namespace and the
-controller (``controller.py``: ``model.py`` -> ``render.py`` -> ``nginx -t`` -> SIGHUP). Their
-files live in the lab's run dir, ``ingress-nginx/<node>/`` (``routes.json`` is what
-``knetlab ingress show`` prints).
+controller (``controller.py``: ``model.py`` -> ``render.py`` -> ``nginx -t`` -> SIGHUP), an
+in-cluster API client reaching the API through the ``kubernetes`` Service. Their files live
+in the lab's run dir, ``ingress-nginx/<node>/`` (``routes.json`` is what ``knetlab ingress
+show`` prints).
 """
 
 from __future__ import annotations

@@ -21,25 +21,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("knetlab.addons.ingress")
 CLASS_NAME = "nginx"
 DAEMONSET = "ingress-nginx-controller"
+SERVICE_ACCOUNT = "ingress-nginx"   # the controller's identity, as in ingress-nginx's deploy.yaml
 IMAGE = "registry.k8s.io/ingress-nginx/controller:v1.11.3"
 NODE_LABEL = "knetlab.io/ingress"     # the nodes the topology chose: the DaemonSet's selector
 READY_TIMEOUT = 30.0
-
-
-def api_netns(control: Any) -> str:
-    """The API server's network namespace as a path the pod can open (the machine's, or the
-    API server's own when knetlab itself runs in another namespace)."""
-    import os
-
-    def inode(path: str) -> int | None:
-        try:
-            return os.stat(path).st_ino
-        except OSError:
-            return None
-    if inode("/proc/self/ns/net") == inode("/proc/1/ns/net"):
-        return "/proc/1/ns/net"
-    pid = control.apiserver.pid if control.apiserver is not None else None
-    return f"/proc/{pid}/ns/net" if pid else "/proc/self/ns/net"
 
 
 @register
@@ -127,8 +112,7 @@ class IngressNginx(Addon):
         labels = {"app.kubernetes.io/name": "ingress-nginx"}
         container = {
             "name": "controller", "image": IMAGE,
-            "args": ["--kubeconfig", str(control.kubeconfig), "--api-netns", api_netns(control),
-                     "--state-dir", str(state_root(self.cluster.rundir)),
+            "args": ["--state-dir", str(state_root(self.cluster.rundir)),
                      "--http-port", str(http), "--https-port", str(https),
                      "--health-port", str(HEALTH_PORT)],
             "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {
@@ -144,6 +128,9 @@ class IngressNginx(Addon):
         objs: list[tuple[str, dict[str, Any]]] = [
             ("namespaces", {"apiVersion": "v1", "kind": "Namespace",
                             "metadata": {"name": NAMESPACE, "labels": labels}}),
+            ("serviceaccounts", {"apiVersion": "v1", "kind": "ServiceAccount",
+                                 "metadata": {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE,
+                                              "labels": labels}}),
             ("ingressclasses", {
                 "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
                 "metadata": {"name": CLASS_NAME, "labels": labels,
@@ -155,6 +142,7 @@ class IngressNginx(Addon):
                              "labels": dict(POD_LABELS)},
                 "spec": {"selector": {"matchLabels": dict(POD_LABELS)},
                          "template": {"metadata": {"labels": dict(POD_LABELS)}, "spec": {
+                             "serviceAccountName": SERVICE_ACCOUNT,
                              "hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet",
                              "nodeSelector": {NODE_LABEL: "true"},
                              "terminationGracePeriodSeconds": 5,

@@ -289,9 +289,14 @@ class Controller:
             inf.start()
         threading.Thread(target=self.write_back, name="status", daemon=True).start()
         self.elector.start()
+        # No sync (so no /healthz: not ready) before every informer has listed: an empty
+        # cache would install a table that 404s everything. Until kube-proxy routes the
+        # kubernetes Service on this node the lists fail and the informers back off.
         for name, inf in self.informers.items():
-            if not inf.wait_synced(60):
-                log.warning("%s informer not synced after 60 s; going on", name)
+            while not inf.wait_synced(10):
+                if self.stop.is_set():
+                    return
+                log.warning("waiting for the %s informer (API not reachable yet?)", name)
         self.queue.add(KEY)
         first = True
         while not self.stop.is_set():

@@ -1,8 +1,8 @@
 """The ingress-nginx controller pod's program: nginx, and the controller that feeds it.
 
-``/nginx-ingress-controller --kubeconfig K --api-netns PATH --state-dir DIR
-[--http-port 80] [--https-port 443] [--health-port 10254]``, run by the kubelet as the
-container of the ``ingress-nginx-controller`` DaemonSet (``hostNetwork: true``; the image
+``/nginx-ingress-controller --state-dir DIR [--http-port 80] [--https-port 443]
+[--health-port 10254]``, run by the kubelet as the container of the
+``ingress-nginx-controller`` DaemonSet (``hostNetwork: true``; the image
 ``registry.k8s.io/ingress-nginx/controller`` maps to this program, ``knetlab.kube.images``).
 
 As in ingress-nginx, one pod holds both halves:
@@ -12,10 +12,12 @@ As in ingress-nginx, one pod holds both halves:
    ``routes.conf`` (an empty table until the first sync: every request 404), certificates,
    pid file and logs. ``DIR`` is in the lab's run dir (the pod sees the machine's ``/run``),
    so ``knetlab ingress show`` reads the controller's ``routes.json`` there.
-2. Then this process moves itself to the API server's network namespace (``setns``, while it
-   has one thread; sockets keep the namespace they were made in): the lab's API server
-   listens on the machine's loopback, which no pod can route to. nginx is reloaded by pid and
-   ``nginx -t`` reads files, so neither needs the pod's namespace.
+2. The controller is an in-cluster API client, as ingress-nginx is: the service-account token
+   and CA the kubelet mounted, the ``kubernetes`` Service at ``KUBERNETES_SERVICE_HOST``
+   (``KubeClient.in_cluster``). With hostNetwork its connections to 10.96.0.1:443 leave from
+   the node itself, so the node's kube-proxy OUTPUT rules (or the userspace proxy's) carry
+   them to the API server. Until they exist the informers retry with back-off and the pod is
+   not ready (no ``/healthz`` before the first sync).
 3. The controller (``controller.py``) runs until SIGTERM; nginx gets SIGTERM with it (same
    process group, and PR_SET_PDEATHSIG if this process dies first).
 
@@ -39,23 +41,10 @@ from knetlab.addons.ingress import model, nginx
 from knetlab.addons.ingress.certs import CertStore
 from knetlab.addons.ingress.controller import HEALTH_PORT, KEY, Controller
 from knetlab.addons.ingress.render import render
-from knetlab.kube.client import KubeClient
+from knetlab.kube.client import KubeClient, NotInClusterError
 
 log = logging.getLogger("knetlab.addons.ingress")
-CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
-
-
-def enter_netns(path: str) -> None:
-    """Move this (still single-threaded) process into the network namespace at ``path``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def _die_with_parent() -> None:
@@ -90,8 +79,6 @@ def start_nginx(state: Path, http_port: int, https_port: int) -> subprocess.Pope
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nginx-ingress-controller")
-    p.add_argument("--kubeconfig", required=True)
-    p.add_argument("--api-netns", default="/proc/1/ns/net")
     p.add_argument("--state-dir", required=True, help="per-node dirs are made under it")
     p.add_argument("--http-port", type=int, default=80)
     p.add_argument("--https-port", type=int, default=443)
@@ -100,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        client = KubeClient.in_cluster()
+    except NotInClusterError as exc:
+        log.error("%s", exc)
+        return 1
     node = os.environ.get("NODE_NAME") or socket.gethostname()
     state = Path(args.state_dir) / node
     state.mkdir(parents=True, exist_ok=True)
     proc = start_nginx(state, args.http_port, args.https_port)
-    enter_netns(args.api_netns)  # still one thread: the whole process moves
-    ctl = Controller(KubeClient.from_kubeconfig(args.kubeconfig), state, args.http_port,
+    ctl = Controller(client, state, args.http_port,
                      args.https_port, identity=os.environ.get("POD_NAME") or node,
                      health_port=args.health_port)
 
