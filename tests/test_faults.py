@@ -91,9 +91,10 @@ def test_leaf_spine_reroutes_around_a_cut_and_heals(lab, tmp_path: Path) -> None
     assert c.faults.clear() == "cleared 3 fault(s)"
     assert FAULT_TABLE not in c.pods[src].run(["nft", "list", "tables"]).stdout
     assert "tbf" not in c.pods[src].run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    # the cleared link-down's routes return through the reconciler: healed first, then lossless
+    poll(lambda: all_ping(c, pairs), 3.0, "fabric healed after clear")
     out = c.pods[src].run(["ping", "-c", "50", "-i", "0.01", "-W", "1", dst]).stdout
     assert " 0% packet loss" in out
-    poll(lambda: all_ping(c, pairs), 3.0, "fabric healed after clear")
 
     with pytest.raises(KnetlabError, match="name the peer"):
         c.faults.link_down("tor-1")
