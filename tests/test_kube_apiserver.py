@@ -407,3 +407,55 @@ def test_restart_is_fast(cluster: Cluster) -> None:
     t0 = time.monotonic()
     cluster.restart_apiserver()
     assert time.monotonic() - t0 < 3.0
+
+
+def test_invalid_services_and_endpoints_get_real_statuses(cluster: Cluster) -> None:
+    """The issue's bad Services and hand-made endpoints, refused with the Status a real API
+    server returns (kubectl prints its causes)."""
+    kc = cluster.kubeconfig
+
+    def create(text: str) -> str:
+        proc = kubectl(kc, "create", "-f", "-", input=text, check=False)
+        assert proc.returncode != 0, proc.stdout
+        return proc.stderr
+
+    def svc(name: str, spec: str) -> str:
+        return f"apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+
+    err = create(svc("dup", "{ports: [{name: a, port: 80}, {name: b, port: 80}]}"))
+    assert 'The Service "dup" is invalid: spec.ports[1]: Duplicate value: ' \
+           'core.ServicePort{Name:"", Protocol:"TCP"' in err
+    err = create(svc("np", "{type: NodePort, ports: [{name: a, port: 80, nodePort: 30100}, "
+                     "{name: b, port: 81, nodePort: 30100}]}"))
+    assert "spec.ports[1].nodePort: Duplicate value: 30100" in err
+    err = create(svc("range", "{type: NodePort, ports: [{port: 80, nodePort: 99}]}"))
+    assert "spec.ports[0].nodePort: Invalid value: 99: provided port is not in the valid " \
+           "range. The range of valid ports is 30000-32767" in err
+    kubectl(kc, "create", "-f", "-", input=svc("taken", "{type: NodePort, clusterIP: "
+                                               "10.96.0.50, ports: [{port: 80, nodePort: "
+                                               "30200}]}"))
+    err = create(svc("taken2", "{type: NodePort, ports: [{port: 80, nodePort: 30200}]}"))
+    assert "spec.ports[0].nodePort: Invalid value: 30200: provided port is already " \
+           "allocated" in err
+    err = create(svc("ipout", "{clusterIP: 10.200.0.1, ports: [{port: 80}]}"))
+    assert "the provided IP (10.200.0.1) is not in the valid range. The range of valid " \
+           "IPs is 10.96.0.0/12" in err
+    err = create(svc("iptaken", "{clusterIP: 10.96.0.50, ports: [{port: 80}]}"))
+    assert "provided IP is already allocated" in err
+    err = create(svc("proto", "{ports: [{port: 80, protocol: ICMP}]}"))
+    assert 'spec.ports[0].protocol: Unsupported value: "ICMP"' in err
+
+    # a selector-less Service's hand-made endpoints: anywhere but special addresses
+    slice_ = ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: ext-1, "
+              "labels: {kubernetes.io/service-name: ext}}\naddressType: IPv4\n"
+              "ports: [{port: 80}]\nendpoints: [{addresses: [%s]}]\n")
+    err = create(slice_ % "127.0.0.1")
+    assert 'endpoints[0].addresses[0]: Invalid value: "127.0.0.1": may not be in the ' \
+           'loopback range (127.0.0.0/8, ::1/128)' in err
+    err = create(slice_ % "169.254.1.1")
+    assert "may not be in the link-local range" in err
+    kubectl(kc, "create", "-f", "-", input=slice_ % "192.0.2.10")  # outside: allowed
+    err = create("apiVersion: v1\nkind: Endpoints\nmetadata: {name: ext2}\n"
+                 "subsets: [{addresses: [{ip: 127.0.0.2}], ports: [{port: 80}]}]\n")
+    assert 'subsets[0].addresses[0].ip: Invalid value: "127.0.0.2": may not be in the ' \
+           'loopback range' in err

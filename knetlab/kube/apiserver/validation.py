@@ -11,6 +11,7 @@ clusterIP, Job selector and template).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any
@@ -126,6 +127,9 @@ def selector_template(obj: Obj) -> list[Cause]:
     return out
 
 
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
 def service(obj: Obj) -> list[Cause]:
     spec = obj.get("spec") or {}
     out: list[Cause] = []
@@ -137,8 +141,26 @@ def service(obj: Obj) -> list[Cause]:
     if not ports and t != "ExternalName" and spec.get("clusterIP") != "None":
         out.append(required("spec.ports"))
     names: set[str] = set()
+    seen_ports: set[tuple[Any, Any]] = set()
+    seen_node_ports: set[tuple[Any, Any]] = set()
     for i, p in enumerate(ports):
         out += check_port(f"spec.ports[{i}].port", p.get("port"))
+        proto = p.get("protocol", "TCP")
+        if proto not in PROTOCOLS:
+            out.append(unsupported(f"spec.ports[{i}].protocol", proto, list(PROTOCOLS)))
+        # as the real validator prints its key: core.ServicePort{Protocol, Port}
+        if (proto, p.get("port")) in seen_ports:
+            out.append((f"spec.ports[{i}]", "FieldValueDuplicate",
+                        f'Duplicate value: core.ServicePort{{Name:"", Protocol:"{proto}", '
+                        f'AppProtocol:(*string)(nil), Port:{p.get("port")}, '
+                        'TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:""}, '
+                        'NodePort:0}'))
+        seen_ports.add((proto, p.get("port")))
+        if p.get("nodePort"):
+            if (proto, p["nodePort"]) in seen_node_ports:
+                out.append((f"spec.ports[{i}].nodePort", "FieldValueDuplicate",
+                            f"Duplicate value: {p['nodePort']}"))
+            seen_node_ports.add((proto, p["nodePort"]))
         if len(ports) > 1 and not p.get("name"):
             out.append(required(f"spec.ports[{i}].name"))
         if p.get("name") in names:
@@ -153,6 +175,50 @@ def service(obj: Obj) -> list[Cause]:
                                  "may not be used when `type` is 'ClusterIP'"))
     if t == "ExternalName" and not spec.get("externalName"):
         out.append(required("spec.externalName"))
+    return out
+
+
+#: what no endpoint may be (apimachinery's ValidateNonSpecialIP), in the real messages
+SPECIAL_RANGES = [
+    ("0.0.0.0/32", "may not be unspecified (0.0.0.0, ::)"),
+    ("127.0.0.0/8", "may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+    ("169.254.0.0/16", "may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+    ("224.0.0.0/24", "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"),
+]
+
+
+def endpoint_ip(field: str, address: Any) -> list[Cause]:
+    try:
+        ip = ipaddress.IPv4Address(str(address))
+    except ValueError:
+        return [invalid(field, address, "must be a valid IPv4 address")]
+    return [invalid(field, address, why) for net, why in SPECIAL_RANGES
+            if ip in ipaddress.IPv4Network(net)][:1]
+
+
+def endpoint_slice(obj: Obj) -> list[Cause]:
+    out: list[Cause] = []
+    kind = obj.get("addressType")
+    if kind not in ("IPv4", "IPv6", "FQDN"):
+        return [unsupported("addressType", kind, ["FQDN", "IPv4", "IPv6"])]
+    for i, ep in enumerate(obj.get("endpoints") or []):
+        addrs = ep.get("addresses") or []
+        if not addrs:
+            out.append(required(f"endpoints[{i}].addresses"))
+        for j, a in enumerate(addrs if kind == "IPv4" else []):
+            out += endpoint_ip(f"endpoints[{i}].addresses[{j}]", a)
+    for i, p in enumerate(obj.get("ports") or []):
+        if p.get("port") is not None:
+            out += check_port(f"ports[{i}].port", p.get("port"))
+    return out
+
+
+def endpoints(obj: Obj) -> list[Cause]:
+    out: list[Cause] = []
+    for i, subset in enumerate(obj.get("subsets") or []):
+        for key in ("addresses", "notReadyAddresses"):
+            for j, a in enumerate(subset.get(key) or []):
+                out += endpoint_ip(f"subsets[{i}].{key}[{j}].ip", a.get("ip"))
     return out
 
 
@@ -178,6 +244,10 @@ def validate(res: Resource, obj: Obj) -> list[Cause]:
         out += service(obj)
     elif kind == "Job":
         out += job(obj)
+    elif kind == "EndpointSlice":
+        out += endpoint_slice(obj)
+    elif kind == "Endpoints":
+        out += endpoints(obj)
     return out
 
 
