@@ -15,8 +15,11 @@ a *shim*, one more macvlan child on the node (``macvlan-shim``) that owns the sl
 first address; the node routes its slice through the shim (source: the node IP) and
 the pods route the node's IP and their default route through the shim. ``knetlab check``
 prints this note; delete the shim and the node->own-pod probes fail. For the same reason
-pod-to-pod traffic bypasses anything in the node's namespace, NetworkPolicy rules included
-(measured: a default-deny policy does not stop it); Services work, via the shim.
+pod-to-pod traffic bypasses anything in the node's namespace: the policy agent sees the
+shim (a macvlan on the node) and enforces NetworkPolicy in the pods' own namespaces.
+Services work via the shim (a ClusterIP goes to the default gateway, the shim); kube-proxy
+masquerades that traffic (the pods are outside its cluster CIDR), which it must here: the
+endpoint's reply would otherwise go straight back to the client pod on the wire.
 
 The pods are wired by the reference CNI ``macvlan`` and ``host-local`` plugins.
 """
@@ -44,9 +47,10 @@ NOTE = ("macvlan: a node cannot reach its own pods over macvlan (the parent inte
         "other nodes are reached on the wire)")
 
 POLICY_NOTE = ("macvlan: pod-to-pod traffic never enters a node's namespace (it is switched "
-               "by the uplink's macvlan bridge and the wire), so NetworkPolicy rules kept "
-               "there (knetlab's policy agent) do not filter it; Services work, through the "
-               "shim")
+               "by the uplink's macvlan bridge and the wire), so the policy agent enforces "
+               "NetworkPolicy in the pods' own namespaces; Services work through the shim, "
+               "masqueraded to the client's node (an endpoint's ingress policy sees that "
+               "node, not the client pod)")
 
 
 def node_slice(cidr: ipaddress.IPv4Network, slice_len: int, index: int) -> ipaddress.IPv4Network:

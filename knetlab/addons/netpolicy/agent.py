@@ -10,9 +10,10 @@ applied, replaces table ``inet knetlab-policy`` in the node's namespace in one t
 relabelled, policies edited are all just "something changed, recompute". A periodic check
 re-applies the table if it went missing (someone flushed the ruleset). The agent runs in the
 root namespace (the API server listens on the root's loopback) and enters the node's
-namespace only for ``nft``. On a node whose pods are switched by OVS userspace the same
-chains are also put into each selected pod's namespace (found through the lab's run dir),
-since the node's hooks never see that traffic.
+namespace only for ``nft``. On a node whose pods are switched by OVS userspace or are
+macvlan children of its uplink the same chains are also put into each selected pod's
+namespace (found through the lab's run dir), since the node's hooks never see that
+traffic.
 
 Each applied state is written to the status file (JSON: fingerprint, policies, endpoints,
 seconds the apply took), which tests and the benchmark read.
@@ -57,8 +58,12 @@ class PolicyAgent:
                             (lambda _kind, _obj, _old: self.queue.add(SYNC_KEY)))
         self.applied = ""  # fingerprint of the state in the kernel
         self._seen: list[str] = []  # the policies (ns/name@resourceVersion) last reported
-        #: pod traffic does not cross this node's IP hooks (OVS userspace): enforce in pods
-        self.pod_side = False
+        #: pod traffic does not cross this node's IP hooks (OVS userspace, macvlan): enforce
+        #: in the pods; ``pod_side_reason`` says what showed it
+        self.pod_side, self.pod_side_reason = False, ""
+        #: what a pod sends to its node's gateway crosses the node's IP stack (macvlan's shim,
+        #: not OVS's gw): the pod's table leaves it to the node's (``render_pod(via_node)``)
+        self.via_node = False
         self.pod_tables: dict[str, tuple[str, str]] = {}  # pod key -> (netns, script hash)
         self.compute_seconds = 0.0  # how long the last recompute took
         self._stop = threading.Event()
@@ -103,6 +108,7 @@ class PolicyAgent:
             status = {"fingerprint": fp, "seen": seen, "policies": desired.policy_names(),
                       "errors": desired.errors,
                       "enforced_in": "pods" if self.pod_side else "node",
+                      "pod_side_reason": self.pod_side_reason,
                       "endpoints": sorted(e.pod.key for e in desired.endpoints),
                       "apply_seconds": round(took, 4) if took is not None else None,
                       "time": time.time()}
@@ -131,7 +137,7 @@ class PolicyAgent:
             if not netns:
                 self.queue.add_after(SYNC_KEY, 1.0)
                 continue
-            script = render.render_pod(desired, ep, node_addresses)
+            script = render.render_pod(desired, ep, node_addresses, self.via_node)
             digest = model.short_hash(netns + script)
             wanted[ep.pod.key] = (netns, digest)
             if self.pod_tables.get(ep.pod.key) != (netns, digest):
@@ -155,18 +161,38 @@ class PolicyAgent:
             return []
 
     def detect_pod_side(self) -> None:
-        """OVS's userspace datapath (``ovs-netdev`` in the node) switches pod traffic
-        without the node's IP hooks: the node table cannot see it, so each selected pod
-        gets the same chains in its own namespace (``render.render_pod``)."""
-        res = shell.run(["ip", "link", "show", "ovs-netdev"], netns=self.node_netns,
-                        check=False)
-        self.pod_side = res.ok and self.rundir is not None
+        """Some data planes switch pod traffic where the node's IP hooks never see it: the
+        node table cannot filter it, so each selected pod gets the same chains in its own
+        namespace (``render.render_pod``). Seen from the node, without knowing the plane:
+
+        - OVS's userspace datapath: an ``ovs-netdev`` device in the node;
+        - macvlan: the pods' eth0 are macvlan children of the node's uplink, switched by the
+          uplink's macvlan bridge and the wire; the node holds a macvlan of its own (the shim
+          through which it reaches its pods), the one child a pod-less node can show.
+        """
+        self.pod_side_reason, self.via_node = self.pod_side_cause()
+        self.pod_side = bool(self.pod_side_reason) and self.rundir is not None
         if self.pod_side:
-            log.info("pods of %s are switched by OVS userspace (ovs-netdev): enforcing "
-                     "NetworkPolicy in the pods' namespaces", self.node)
-        elif res.ok:
-            log.warning("pods of %s are switched by OVS userspace, and without --rundir "
-                        "their namespaces are unknown: NetworkPolicy is NOT enforced", self.node)
+            log.info("pods of %s are switched outside its IP stack (%s): enforcing "
+                     "NetworkPolicy in the pods' namespaces", self.node, self.pod_side_reason)
+        elif self.pod_side_reason:
+            log.warning("pods of %s are switched outside its IP stack (%s), and without "
+                        "--rundir their namespaces are unknown: NetworkPolicy is NOT enforced",
+                        self.node, self.pod_side_reason)
+
+    def pod_side_cause(self) -> tuple[str, bool]:
+        """Why this node's pod traffic bypasses its IP hooks ('' when it does not), and
+        whether what pods route through the node does cross its hooks."""
+        if shell.run(["ip", "link", "show", "ovs-netdev"], netns=self.node_netns,
+                     check=False).ok:
+            return "OVS userspace datapath: ovs-netdev", False
+        res = shell.run(["ip", "-o", "link", "show", "type", "macvlan"], netns=self.node_netns,
+                        check=False)
+        names = [line.split(":", 2)[1].strip().split("@")[0]
+                 for line in res.stdout.splitlines() if line.count(":") >= 2]
+        if res.ok and names:
+            return f"macvlan: pods are children of the uplink, like {names[0]}", True
+        return "", False
 
     def enable_bridge_netfilter(self) -> None:
         """Bridged (same-node) IPv4 must cross the forward hook: br_netfilter's switch is on

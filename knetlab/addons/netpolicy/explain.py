@@ -98,6 +98,10 @@ def _value(expr: Any, pkt: Packet) -> Any:
                 return PROTO_NUMBERS[pkt.proto]
             if key == "mark":
                 return pkt.mark
+        if expr.get("rt", {}).get("key") == "nexthop":
+            # written only on macvlan pods (render_pod's via_node): between pods there,
+            # all on one segment, the next hop is the peer itself
+            return int(ipaddress.ip_address(pkt.daddr))
         if "concat" in expr:
             return tuple(_value(e, pkt) for e in expr["concat"])
         if "&" in expr:

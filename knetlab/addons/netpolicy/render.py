@@ -167,12 +167,20 @@ def for_endpoint(desired: Desired, endpoint: Endpoint) -> Desired:
                    [s for s in desired.sets if s.name in used])
 
 
-def render_pod(desired: Desired, endpoint: Endpoint, node_addresses: list[str]) -> str:
+def render_pod(desired: Desired, endpoint: Endpoint, node_addresses: list[str],
+               via_node: bool = False) -> str:
     """The same chains as the node's table, inside the pod's own namespace, for data planes
-    whose pod traffic never crosses the node's IP hooks (OVS userspace datapath): egress
-    from the ``output`` hook, ingress from the ``input`` hook, with the pod's conntrack.
-    Traffic between the pod and its own node (``node_addresses``: probes, the gateway)
-    passes, as on the other planes."""
+    whose pod traffic never crosses the node's IP hooks (OVS userspace datapath, macvlan):
+    egress from the ``output`` hook, ingress from the ``input`` hook, with the pod's
+    conntrack. Traffic between the pod and its own node (``node_addresses``: probes, the
+    gateway) passes, as on the other planes.
+
+    ``via_node``: what the pod routes through its node (next hop one of the node's
+    addresses: a Service's ClusterIP, anything off the segment) is left to the node's
+    table, whose forward hook sees it after kube-proxy's DNAT, with the real destination
+    pod; here the pod would only see the ClusterIP. Only where every packet sent to the
+    node's gateway does cross its IP stack (macvlan's shim); not on OVS, whose pods route
+    other nodes' pods via a gateway that OVS itself answers for."""
     part = for_endpoint(desired, endpoint)
     lines = _body(part, f"knetlab NetworkPolicy agent of {desired.node}, pod "
                         f"{endpoint.pod.key}")
@@ -180,7 +188,9 @@ def render_pod(desired: Desired, endpoint: Endpoint, node_addresses: list[str]) 
     if node_addresses:
         lines.append("\t\telements = { " + ", ".join(sorted(node_addresses)) + " }")
     lines.append("\t}")
-    for hook, peer, vmap in (("output", "oif lo accept\n\t\tip daddr @node accept",
+    through = ("\n\t\trt ip nexthop @node accept comment "
+               "\"routed through the node: its forward hook decides\"" if via_node else "")
+    for hook, peer, vmap in (("output", "oif lo accept\n\t\tip daddr @node accept" + through,
                               "ip saddr vmap @from-workload"),
                              ("input", "iif lo accept\n\t\tip saddr @node accept",
                               "ip daddr vmap @to-workload")):
