@@ -167,7 +167,7 @@ def test_ovs_gre_end_to_end_and_clean(lab) -> None:  # noqa: ANN001
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if str(run).encode() in cmd:
+            if f"{run}/".encode() in cmd:  # not /run/knetlab/ov-gre-ls of another lab
                 left.append(cmd)
     assert not left, left
     assert not run.exists()

@@ -5,8 +5,13 @@ the node's range) -> veth (MTU 1450, MACs derived from the address) -> pod side:
 default route via the pod gateway, ``ethtool -K eth0 tx off`` (the userspace datapath
 does not complete partial checksums) -> host side: an nft netdev ingress drop (the
 kernel must not also forward what OVS forwards) and the OVS port, with the ofport the
-pipeline expects -> the pod registered in the lab's store (``ovs/pods/NAME``), where the
+pipeline expects -> the pod registered in the lab's store (``ovs/pods/PORT``), where the
 controller learns it -> wait (bounded) until the controller has programmed every switch.
+
+The registry is keyed by the attachment (the host port, named from container id and
+interface, as CNI identifies an attachment), never by the pod's name: pods ``x/a`` and
+``y/a`` on one node, or a pod and its same-named replacement, must not overwrite (or, on
+DEL, delete) each other's entry, which would leave a live pod without flows.
 
 If the controller is down, ADD still succeeds: the pod is in the store and gets its
 flows when the controller returns (as a pod waits for its CNI agent in a real cluster);
@@ -65,12 +70,21 @@ def _conf(args: Args) -> dict[str, Any]:
     return conf
 
 
-def _pod_name(args: Args) -> str:
+def _k8s_arg(args: Args, name: str) -> str:
     for item in args.args.split(";"):
         key, _, value = item.partition("=")
-        if key == "K8S_POD_NAME" and value:
+        if key == name and value:
             return value
-    return args.container_id[:12]
+    return ""
+
+
+def _pod_name(args: Args) -> str:
+    return _k8s_arg(args, "K8S_POD_NAME") or args.container_id[:12]
+
+
+def _registry_key(args: Args) -> str:
+    """The attachment's entry in the store: one per (container id, interface)."""
+    return f"ovs/pods/{host_veth_name(args.container_id, args.ifname)}"
 
 
 def _run(argv: list[str], what: str, code: int, check: bool = True) -> str:
@@ -138,9 +152,9 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
     _vsctl(conf, "--may-exist", "add-port", conf.get("bridge", "br-int"), veth, "--", "set",
            "interface", veth, f"ofport_request={ofport}", f"external_ids:iface-id={name}",
            f"external_ids:attached-mac={pod_mac}", f"external_ids:ip={ip}")
-    rev = _store(conf).put(f"ovs/pods/{name}", {"name": name, "node": conf["node"],
-                                                "ip": ip, "ofport": ofport,
-                                                "port": veth})
+    rev = _store(conf).put(_registry_key(args), {
+        "name": name, "namespace": _k8s_arg(args, "K8S_POD_NAMESPACE"), "node": conf["node"],
+        "ip": ip, "ofport": ofport, "port": veth, "containerID": args.container_id})
     _wait_flows(conf, rev)
     return add_result(args.version,
                       [{"name": veth, "mac": local_mac(veth)},
@@ -187,7 +201,7 @@ def _unwire(args: Args, conf: dict[str, Any]) -> None:
 
 def delete(args: Args) -> None:
     conf = _conf(args)
-    _store(conf).delete(f"ovs/pods/{_pod_name(args)}")
+    _store(conf).delete(_registry_key(args))
     _unwire(args, conf)
     delegate(conf["ipam"]["type"], "DEL", conf)
 

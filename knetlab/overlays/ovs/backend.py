@@ -3,9 +3,9 @@
 Life cycle: ``setup`` starts the controller; ``setup_node`` starts the node's OVS, moves
 the node IP to br-phy and registers the node in the store (``ovs/nodes/NAME``), which is
 what the controller learns membership from; pods are wired by the ``ovs`` CNI plugin,
-which registers them (``ovs/pods/NAME``). ``sync`` routes the other nodes' pod subnets
-into gw0, seeds OVS's tunnel neighbour cache and waits until every switch is connected
-and programmed, so a lab is usable when ``up`` returns.
+which registers them (``ovs/pods/PORT``, one entry per attachment). ``sync`` routes the
+other nodes' pod subnets into gw0, seeds OVS's tunnel neighbour cache and waits until
+every switch is connected and programmed, so a lab is usable when ``up`` returns.
 
 Settings (topology key ``ovs``): ``vni`` (the tunnel key, default 1).
 """

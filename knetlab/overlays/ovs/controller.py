@@ -2,7 +2,8 @@
 
 Design notes:
 - Membership comes from the lab's store (``ovs/nodes/*`` written by the backend,
-  ``ovs/pods/*`` by the ``ovs`` CNI plugin), never from flooding or packet-ins.
+  ``ovs/pods/*``, one per pod attachment, by the ``ovs`` CNI plugin), never from
+  flooding or packet-ins.
 - Level-triggered: on every switch (re)connect the controller dumps the switch's flows
   and makes them exactly ``pipeline.desired_flows`` (delete cookies not desired, add
   cookies missing). On a store change it diffs against what it last made the switch hold;
@@ -57,7 +58,8 @@ class Switch:
 def membership(store: Store) -> tuple[dict[int, NodeInfo], list[NodeInfo], list[PodInfo]]:
     nodes = [NodeInfo(v["name"], v["ip"], v["podCIDR"], v["gateway"], int(v["dpid"]))
              for v in store.list("ovs/nodes").values()]
-    pods = [PodInfo(v["name"], v["node"], v["ip"]) for v in store.list("ovs/pods").values()]
+    pods = [PodInfo(f"{v['namespace']}/{v['name']}" if v.get("namespace") else v["name"],
+                    v["node"], v["ip"]) for v in store.list("ovs/pods").values()]
     return {n.dpid: n for n in nodes}, nodes, pods
 
 
