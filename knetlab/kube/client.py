@@ -91,6 +91,25 @@ class NotInClusterError(KnetlabError):
     """``KubeClient.in_cluster`` outside a pod (client-go's ``ErrNotInCluster``)."""
 
 
+CONNECT_TIMEOUT = 5.0
+
+
+class _Connection(http.client.HTTPSConnection):
+    """Dials within CONNECT_TIMEOUT, then reads with the client's own timeout: an in-cluster
+    client whose node has not routed the ``kubernetes`` Service yet sees its SYN dropped, and
+    a dial waiting the whole read timeout (30 s) held an informer's first list that long."""
+
+    def connect(self) -> None:
+        read_timeout = self.timeout
+        self.timeout = CONNECT_TIMEOUT if read_timeout is None else min(read_timeout,
+                                                                         CONNECT_TIMEOUT)
+        try:
+            super().connect()
+        finally:
+            self.timeout = read_timeout
+        self.sock.settimeout(read_timeout)
+
+
 class KubeClient:
     def __init__(self, server: str, token: str, ca_data: bytes, timeout: float = 30,
                  token_file: Path | None = None) -> None:
@@ -187,8 +206,7 @@ class KubeClient:
     def _conn(self) -> http.client.HTTPSConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl,
-                                               timeout=self.timeout)
+            conn = _Connection(self.host, self.port, context=self.ssl, timeout=self.timeout)
             self._local.conn = conn
         return conn
 
@@ -288,8 +306,8 @@ class KubeClient:
                  "fieldSelector": field_selector, "timeoutSeconds": str(timeout_seconds)}
         path = self.path(resource, namespace) + "?" + urllib.parse.urlencode(
             {k: v for k, v in query.items() if v})
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl,
-                                           timeout=timeout_seconds + 30)
+        conn = _Connection(self.host, self.port, context=self.ssl,
+                           timeout=timeout_seconds + 30)
         try:
             conn.request("GET", path, headers={"Authorization": f"Bearer {self.token}",
                                                "Accept": "application/json"})
