@@ -121,6 +121,7 @@ EXTENSIONS: list[str] = [  # e.g. "knetlab.bgp.commands"
     "knetlab.trace.commands",
     "knetlab.addons.dns.commands",
     "knetlab.addons.netpolicy.commands",
+    "knetlab.compare.commands",
 ]
 
 
