@@ -12,7 +12,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from knetlab import shell
 from knetlab.errors import KnetlabError
@@ -128,6 +130,12 @@ class Daemon:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def status_rows(daemons: Iterable[Daemon | None]) -> list[dict[str, Any]]:
+    """The running ones as ``knetlab status`` lists daemons (name, owner, pid)."""
+    return [{"name": d.name, "owner": d.owner, "pid": d.pid}
+            for d in daemons if d is not None and d.pid]
 
 
 def stop_pid(pid: int, match: str, timeout: float = 3.0) -> None:

@@ -3,6 +3,7 @@ before and after (interfaces)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -23,6 +24,21 @@ def write_topology(tmp_path: Path, text: str, name: str = "topo.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+@contextlib.contextmanager
+def running_lab(topology: str | Path, tmp: Path | None = None) -> Iterator[Cluster]:
+    """A lab up for the ``with`` block (a module fixture's life) and down after it,
+    whatever happened: from a topology file, or from topology text written into ``tmp``."""
+    if isinstance(topology, str):
+        assert tmp is not None, "topology text needs a directory to be written to"
+        topology = write_topology(tmp, topology)
+    c = Cluster.load(topology)
+    c.up()
+    try:
+        yield c
+    finally:
+        c.down()
 
 
 @pytest.fixture

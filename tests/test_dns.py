@@ -27,11 +27,11 @@ from knetlab.cluster import Cluster
 from knetlab.errors import ConfigError
 from knetlab.kube import runtime
 from knetlab.topologies.schema import load_topology
-from tests.conftest import ROOT, needs_root, poll, write_topology
-from tests.test_kube_lab import Kubectl, kubectls, wait_ready
+from tests.conftest import ROOT, needs_root, poll, running_lab, write_topology
+from tests.kube_helpers import AGNHOST, kubectl
+from tests.test_kube_lab import Kubectl, wait_ready
 
 UPSTREAM = "10.244.2.2"  # pod-2-0, the first address of node-2's pod subnet
-AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.47"
 Z = "cluster.local"
 pytestmark = [needs_root, pytest.mark.e2e]
 
@@ -174,16 +174,19 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def dns_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    path = write_topology(tmp_path_factory.mktemp("dns"), f"""
+    with running_lab(f"""
 name: dns-test
 dataplane: host-gw
 kubernetes: true
 nodes: {{count: 2}}
 pods: {{perNode: 1}}
 dns: {{upstream: [{UPSTREAM}]}}
-""")
-    c = Cluster.load(path)
-    c.up()
+""", tmp_path_factory.mktemp("dns")) as c:
+        yield from _with_upstream_and_apps(c)
+
+
+def _with_upstream_and_apps(c: Cluster) -> Iterator[Lab]:
+    """The lab's upstream resolver and the MANIFEST's workloads, for as long as the lab."""
     upstream: subprocess.Popen[bytes] | None = None
     try:
         assert c.pod("pod-2-0").ip == UPSTREAM
@@ -195,7 +198,7 @@ dns: {{upstream: [{UPSTREAM}]}}
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         addon = next(a for a in c.addons if isinstance(a, ClusterDNS))
         dns_ip = addon.wait_ready()[0]
-        k = Kubectl(c.kubeconfig, kubectls()[0])
+        k = kubectl(c)
         k("apply", "-f", "-", stdin=MANIFEST)
         wait_ready(k, "app=web", 2)
         wait_ready(k, "app=db", 2)
@@ -207,7 +210,6 @@ dns: {{upstream: [{UPSTREAM}]}}
         if upstream is not None:
             upstream.terminate()
             upstream.wait(5)
-        c.down()
 
 
 def svc_ip(dns_lab: Lab, name: str) -> str:

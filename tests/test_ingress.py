@@ -24,7 +24,9 @@ from knetlab.addons.ingress.certs import FAKE_CN, tls_secret
 from knetlab.addons.ingress.render import render
 from knetlab.cluster import Cluster
 from knetlab.kube import runtime
-from tests.conftest import ROOT, needs_root, poll, write_topology
+from tests.conftest import ROOT, needs_root, poll, running_lab, write_topology
+from tests.kube_helpers import AGNHOST
+from tests.kube_helpers import deployment as agnhost_deployment
 
 pytestmark = [needs_root, pytest.mark.e2e]
 KNETLAB = [sys.executable, "-m", "knetlab.cli"]
@@ -38,23 +40,15 @@ ECHO = ("import http.server,json\n"
         "http.server.ThreadingHTTPServer(('',8080),H).serve_forever()\n")
 
 
+SERVE_HOSTNAME = f"""- name: serve
+  image: {AGNHOST}
+  args: [serve-hostname, --port=9376]
+  ports: [{{containerPort: 9376, name: http}}]"""
+
+
 def deployment(name: str, replicas: int = 1) -> str:
-    return f"""
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers:
-      - name: serve
-        image: registry.k8s.io/e2e-test-images/agnhost:2.47
-        args: [serve-hostname, --port=9376]
-        ports: [{{containerPort: 9376, name: http}}]
----
+    """serve-hostname pods and their Service ``name`` on port 80."""
+    return agnhost_deployment(name, replicas, SERVE_HOSTNAME) + f"""
 apiVersion: v1
 kind: Service
 metadata: {{name: {name}}}
@@ -131,24 +125,19 @@ INGRESSES = [
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    path = write_topology(tmp_path_factory.mktemp("ing"), """
+    with running_lab("""
 name: ing-e2e
 dataplane: host-gw
 nodes: {count: 2}
 pods: {perNode: 1}
 ingress: {nodes: [node-1, node-2], httpPort: 80, httpsPort: 443}
-""")
-    c = Cluster.load(path)
-    c.up()
-    try:
+""", tmp_path_factory.mktemp("ing")) as c:
         c.apply(deployment("web", 2) + "---" + deployment("api") + "---" + deployment("dflt")
                 + "---" + ECHO_APP)
         c.apply(SECURE)
         for ing in INGRESSES:
             c.apply(ing)
         yield c
-    finally:
-        c.down()
 
 
 class Client:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from knetlab.cluster import Cluster
-from tests.conftest import ROOT, needs_root, poll, write_topology
+from tests.conftest import ROOT, needs_root, poll, running_lab, write_topology
 
 pytestmark = [needs_root, pytest.mark.e2e]
 APPS = ROOT / "examples" / "apps"
@@ -59,17 +59,14 @@ class Kubectl:
 
 @pytest.fixture(scope="module")
 def kube_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    path = write_topology(tmp_path_factory.mktemp("kube"), """
+    with running_lab("""
 name: kube-hostgw
 dataplane: host-gw
 kubernetes: true
 nodes: {count: 3}
 pods: {perNode: 1}
-""")
-    c = Cluster.load(path)
-    c.up()
-    yield c
-    c.down()
+""", tmp_path_factory.mktemp("kube")) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

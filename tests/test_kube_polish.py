@@ -16,7 +16,7 @@ import pytest
 
 from knetlab.cluster import Cluster
 from knetlab.kube import runtime
-from tests.conftest import needs_root, poll, write_topology
+from tests.conftest import needs_root, poll, running_lab
 from tests.test_kube_lab import Kubectl, kubectls, ready, wait_ready
 
 pytestmark = [needs_root, pytest.mark.e2e]
@@ -24,17 +24,14 @@ pytestmark = [needs_root, pytest.mark.e2e]
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    path = write_topology(tmp_path_factory.mktemp("kp"), """
+    with running_lab("""
 name: kp-polish
 dataplane: host-gw
 kubernetes: true
 nodes: {count: 2}
 pods: {perNode: 0}
-""")
-    c = Cluster.load(path)
-    c.up()
-    yield c
-    c.down()
+""", tmp_path_factory.mktemp("kp")) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,69 +23,27 @@ from knetlab.addons.kubeproxy.model import build_state
 from knetlab.cluster import Cluster
 from knetlab.errors import ConfigError
 from knetlab.topologies.schema import load_topology
-from tests.conftest import ROOT, needs_root, poll, write_topology
-from tests.test_kube_lab import Kubectl, kubectls, wait_ready
+from tests.conftest import ROOT, needs_root, poll, running_lab, write_topology
+from tests.kube_helpers import (
+    MULTI_AND_STICKY,
+    cluster_ip,
+    dial,
+    expose_web,
+    in_netns,
+    kubectl,
+    netexec_deployment,
+    netexec_pod,
+)
+from tests.test_kube_lab import Kubectl, wait_ready
 
 LAB = "kpa-svc"
 KNETLAB = str(ROOT / ".venv" / "bin" / "knetlab")
-AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.47"
-
-
-def netexec_pod(name: str, node: str, app: str) -> str:
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{app: {app}}}}}
-spec:
-  nodeName: {node}
-  containers:
-  - name: netexec
-    image: {AGNHOST}
-    args: ["netexec", "--http-port=8080", "--udp-port=8081"]
-    ports: [{{name: http, containerPort: 8080}}, {{name: udp, containerPort: 8081, protocol: UDP}}]
-    readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
----"""
-
-
 APPS = f"""
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  replicas: 3
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-      - name: netexec
-        image: {AGNHOST}
-        args: ["netexec", "--http-port=8080", "--udp-port=8081"]
-        ports:
-        - {{name: http, containerPort: 8080}}
-        - {{name: udp, containerPort: 8081, protocol: UDP}}
-        readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
----
+{netexec_deployment("web", 3)}
 {netexec_pod("client", "node-1", "client")}
 {netexec_pod("solo", "node-2", "solo")}
 {netexec_pod("udp-1", "node-3", "udp1")}
-apiVersion: v1
-kind: Service
-metadata: {{name: multi}}
-spec:
-  selector: {{app: web}}
-  ports:
-  - {{name: web, port: 81, targetPort: http}}
-  - {{name: dns, port: 53, targetPort: 8081, protocol: UDP}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: sticky}}
-spec:
-  selector: {{app: web}}
-  sessionAffinity: ClientIP
-  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}
-  ports: [{{port: 80, targetPort: 8080}}]
+{MULTI_AND_STICKY}
 ---
 apiVersion: v1
 kind: Service
@@ -118,53 +75,31 @@ spec:
 
 @pytest.fixture(scope="module")
 def svc_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    path = write_topology(tmp_path_factory.mktemp("kpa"), f"""
+    with running_lab(f"""
 name: {LAB}
 dataplane: host-gw
 kubernetes: true
 nodes: {{count: 3}}
 pods: {{perNode: 0}}
-""")
-    c = Cluster.load(path)
-    c.up()
-    try:
+""", tmp_path_factory.mktemp("kpa")) as c:
         proxy = next(a for a in c.addons if a.name == "kube-proxy")
         proxy.wait_ready()  # type: ignore[attr-defined]
         yield c
-    finally:
-        c.down()
 
 
 @pytest.fixture(scope="module")
 def k(svc_lab: Cluster) -> Kubectl:
-    kc = Kubectl(svc_lab.kubeconfig, kubectls()[0])
+    kc = kubectl(svc_lab)
     kc("apply", "-f", "-", stdin=APPS)
-    kc("expose", "deployment", "web", "--port", "80", "--target-port", "8080")
-    kc("expose", "deployment", "web", "--name", "np", "--type", "NodePort", "--port", "80",
-       "--target-port", "http")
-    kc("create", "service", "clusterip", "none", "--tcp", "80:8080")
+    expose_web(kc)
     wait_ready(kc, "app=web", 3, timeout=90)
     for app in ("client", "solo", "udp1"):
         wait_ready(kc, f"app={app}", 1, timeout=90)
     return kc
 
 
-def cluster_ip(k: Kubectl, svc: str) -> str:
-    return k("get", "svc", svc, "-o", "jsonpath={.spec.clusterIP}")
-
-
 def node_port(k: Kubectl, svc: str) -> int:
     return int(k("get", "svc", svc, "-o", "jsonpath={.spec.ports[0].nodePort}"))
-
-
-def dial(k: Kubectl, host: str, port: int, tries: int, protocol: str = "http",
-         request: str = "hostname", pod: str = "client") -> list[str]:
-    """``tries`` independent connections from ``pod`` (agnhost /dial): the answers."""
-    q = urllib.parse.urlencode({"host": host, "port": port, "request": request,
-                                "protocol": protocol, "tries": tries})
-    out = k("exec", pod, "--", "wget", "-qO-", "-T", "30", f"http://127.0.0.1:8080/dial?{q}",
-            timeout=60)
-    return json.loads(out).get("responses", [])
 
 
 def connect(k: Kubectl, target: str, pod: str = "client", timeout: str = "2s",
@@ -176,8 +111,7 @@ def connect(k: Kubectl, target: str, pod: str = "client", timeout: str = "2s",
 
 
 def on_node(c: Cluster, node: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nsenter", f"--net={c.node(node).netns}", "--", *argv],
-                          capture_output=True, text=True, timeout=30)
+    return in_netns(c.node(node).netns, *argv)
 
 
 def knetlab(*args: str) -> str:

@@ -18,7 +18,6 @@ import logging
 import socket
 import subprocess
 import time
-import urllib.parse
 from collections.abc import Iterator
 
 import pytest
@@ -29,58 +28,23 @@ from knetlab.bench.kubeproxy import SERVICE_BASE, Bed, make_state, service
 from knetlab.cluster import Cluster
 from knetlab.errors import CommandError
 from knetlab.netns import entered
-from tests.conftest import ROOT, needs_root, poll, write_topology
-from tests.test_kube_lab import Kubectl, kubectls, wait_ready
+from tests.conftest import ROOT, needs_root, poll, running_lab, write_topology
+from tests.kube_helpers import (
+    MULTI_AND_STICKY,
+    cluster_ip,
+    dial,
+    expose_web,
+    kubectl,
+    netexec_deployment,
+    netexec_pod,
+)
+from tests.test_kube_lab import Kubectl, wait_ready
 
 KNETLAB = str(ROOT / ".venv" / "bin" / "knetlab")
-AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.47"
-NETEXEC = ('args: ["netexec", "--http-port=8080", "--udp-port=8081"]\n'
-           "        ports: [{name: http, containerPort: 8080}, "
-           "{name: udp, containerPort: 8081, protocol: UDP}]\n"
-           "        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}")
 APPS = f"""
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  replicas: 3
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-      - name: netexec
-        image: {AGNHOST}
-        {NETEXEC}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, labels: {{app: client}}}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: netexec
-    image: {AGNHOST}
-    {NETEXEC.replace(chr(10) + "        ", chr(10) + "    ")}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: multi}}
-spec:
-  selector: {{app: web}}
-  ports:
-  - {{name: web, port: 81, targetPort: http}}
-  - {{name: dns, port: 53, targetPort: 8081, protocol: UDP}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: sticky}}
-spec:
-  selector: {{app: web}}
-  sessionAffinity: ClientIP
-  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}
-  ports: [{{port: 80, targetPort: 8080}}]
-"""
+{netexec_deployment("web", 3)}
+{netexec_pod("client", "node-1", "client")}
+{MULTI_AND_STICKY}"""
 
 
 # -- the nftables Proxier in bare namespaces (no API) ----------------------------------------
@@ -121,13 +85,18 @@ def test_nftables_layout_partial_sync_and_failure(bed: Bed) -> None:
     full_lines = proxier.last_transaction_lines
     table = nft_table(bed)
     for name in ("map service-ips", "map service-nodeports", "map no-endpoint-services",
-                 "chain services", "chain mark-for-masquerade", "chain endpoint-"):
+                 "chain services", "chain mark-for-masquerade", "set hairpin-endpoints"):
         assert name in table, name
     assert "type ipv4_addr . inet_proto . inet_service : verdict" in table
-    three = service(2)  # svc-00002 has 3 endpoints: numgen mod 3, mod 2, then a goto
+    # without affinity the service chain DNATs itself: no endpoint chains (each chain costs
+    # every later transaction a little: nft lists them all first)
+    assert "chain endpoint-" not in table
+    three = service(2)  # svc-00002 has 3 endpoints: numgen mod 3, mod 2, then the last
     chain = table.split(f"chain {service_chain(three)} {{")[1].split("}")[0]
-    assert "numgen random mod 3 0 goto endpoint-" in chain
-    assert "numgen random mod 2 0 goto endpoint-" in chain
+    eps = [f"{e.ip}:{e.port}" for e in three.endpoints]
+    assert f"numgen random mod 3 0 meta l4proto tcp dnat to {eps[0]}" in chain
+    assert f"numgen random mod 2 0 meta l4proto tcp dnat to {eps[1]}" in chain
+    assert chain.strip().splitlines()[-1].strip() == f"meta l4proto tcp dnat to {eps[2]}"
     first, last = str(SERVICE_BASE), str(SERVICE_BASE + 59)
     assert connects(bed, first) == connects(bed, last) == "ok"
     # a Service that loses its endpoints is refused at once (reject, before DNAT)
@@ -190,21 +159,14 @@ nodes: {{count: 2}}
 pods: {{perNode: 0}}
 kubeProxy: {{mode: {mode}}}
 """)
-    c = Cluster.load(path)
-    c.up()
-    try:
+    with running_lab(path) as c:
         next(a for a in c.addons if a.name == "kube-proxy").wait_ready()  # type: ignore
-        k = Kubectl(c.kubeconfig, kubectls()[0])
+        k = kubectl(c)
         k("apply", "-f", "-", stdin=APPS)
-        k("expose", "deployment", "web", "--port", "80", "--target-port", "8080")
-        k("expose", "deployment", "web", "--name", "np", "--type", "NodePort", "--port", "80",
-          "--target-port", "http")
-        k("create", "service", "clusterip", "none", "--tcp", "80:8080")
+        expose_web(k)
         wait_ready(k, "app=web", 3, timeout=120)
         wait_ready(k, "app=client", 1, timeout=120)
         yield Lab(c, k, mode)
-    finally:
-        c.down()
 
 
 @dataclasses.dataclass
@@ -212,19 +174,6 @@ class Lab:
     c: Cluster
     k: Kubectl
     mode: str
-
-
-def cluster_ip(k: Kubectl, svc: str) -> str:
-    return k("get", "svc", svc, "-o", "jsonpath={.spec.clusterIP}")
-
-
-def dial(k: Kubectl, host: str, port: int, tries: int, protocol: str = "http") -> list[str]:
-    """``tries`` independent connections from the client pod (agnhost /dial): answers."""
-    q = urllib.parse.urlencode({"host": host, "port": port, "request": "hostname",
-                                "protocol": protocol, "tries": tries})
-    out = k("exec", "client", "--", "wget", "-qO-", "-T", "30",
-            f"http://127.0.0.1:8080/dial?{q}", timeout=60)
-    return json.loads(out).get("responses", [])
 
 
 def web_pods(k: Kubectl) -> set[str]:
@@ -309,7 +258,11 @@ def test_scale_down_is_an_incremental_change(mode_lab: Lab) -> None:
         chain = live.split("chain service-")
         web = next(ch for ch in chain[1:] if ch.split("{")[0].strip().endswith("default/web/tcp/"))
         body = web.split("{")[1].split("}")[0]
-        assert "numgen" not in body and body.count("goto endpoint-") == 1, body
+        assert "numgen" not in body and body.count("dnat to") == 1, body
+        # hairpin: the last pod reaches itself through its Service (masqueraded, because
+        # after DNAT source and destination are the same endpoint: set hairpin-endpoints)
+        solo = web_pods(k).pop()
+        assert dial(k, ip, 80, 3, pod=solo) == [solo] * 3
     else:
         line = next(ln for ln in live.splitlines() if f"-d {ip}/32" in ln)
         assert line.count(":8080") == 1, line  # the comment lists the one endpoint left

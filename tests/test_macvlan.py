@@ -19,7 +19,7 @@ from knetlab.cluster import Cluster
 from knetlab.errors import ConfigError
 from knetlab.overlays.macvlan import SHIM
 from knetlab.topologies.schema import load_topology
-from tests.conftest import needs_root, poll, write_topology
+from tests.conftest import needs_root, poll, running_lab, write_topology
 
 # -- refusals (no lab) -----------------------------------------------------------------
 
@@ -57,17 +57,14 @@ def test_macvlan_topologies_that_cannot_work_are_refused(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def mvl(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    path = write_topology(tmp_path_factory.mktemp("mvl"), """
+    with running_lab("""
 name: wv-t-mvl
 dataplane: macvlan
 underlay: {type: segment, cidr: 192.168.0.0/16}
 nodes: {count: 2}
 pods: {perNode: 2}
-""")
-    c = Cluster.load(path)
-    c.up()
-    yield c
-    c.down()
+""", tmp_path_factory.mktemp("mvl")) as c:
+        yield c
 
 
 @needs_root

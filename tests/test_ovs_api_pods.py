@@ -23,7 +23,7 @@ import pytest
 
 from knetlab.cluster import Cluster
 from knetlab.store import lab_store
-from tests.conftest import needs_root, poll, write_topology
+from tests.conftest import needs_root, poll, running_lab
 from tests.test_kube_lab import Kubectl, kubectls
 
 pytestmark = [needs_root, pytest.mark.e2e]
@@ -50,17 +50,14 @@ def _manifest() -> str:
 
 @pytest.fixture(scope="module")
 def ovs_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    path = write_topology(tmp_path_factory.mktemp("ovf"), """
+    with running_lab("""
 name: ovf-api
 dataplane: ovs-vxlan
 kubernetes: true
 nodes: {count: 2}
 pods: {perNode: 1}
-""")
-    c = Cluster.load(path)
-    c.up()
-    yield c
-    c.down()
+""", tmp_path_factory.mktemp("ovf")) as c:
+        yield c
 
 
 def _probe_pods(k: Kubectl) -> dict[str, dict]:

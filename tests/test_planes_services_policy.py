@@ -21,7 +21,6 @@ client pod on either node and one outside client:
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,8 +33,9 @@ import pytest
 from knetlab.addons.netpolicy import model, render
 from knetlab.addons.netpolicy.explain import LiveTable, Packet, walk
 from knetlab.cluster import Cluster
-from tests.conftest import needs_root, poll, write_topology
-from tests.test_kube_lab import Kubectl, kubectls
+from tests.conftest import needs_root, poll, running_lab
+from tests.kube_helpers import AGNHOST, kubectl, skip_without_root_or_kubectl
+from tests.test_kube_lab import Kubectl
 
 TOPOLOGIES = {
     "weave": """\
@@ -57,7 +57,6 @@ pods: {perNode: 0}
 clients: {count: 1}
 """,
 }
-AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.47"
 #: web-N and cN run on node-N; c1 carries the label the allow policy admits
 PODS = {"web-1": ("node-1", {"app": "web"}), "web-2": ("node-2", {"app": "web"}),
         "c1": ("node-1", {"app": "client", "role": "allowed"}),
@@ -128,15 +127,10 @@ class PlaneLab:
 @pytest.fixture(scope="module", params=list(TOPOLOGIES))
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[PlaneLab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (namespaces)")
-    if not kubectls():
-        pytest.skip("no kubectl")
+    skip_without_root_or_kubectl()
     plane: str = request.param
-    c = Cluster.load(write_topology(tmp_path_factory.mktemp(plane), TOPOLOGIES[plane]))
-    c.up()
-    try:
-        k = Kubectl(c.kubeconfig, kubectls()[0])
+    with running_lab(TOPOLOGIES[plane], tmp_path_factory.mktemp(plane)) as c:
+        k = kubectl(c)
         for name in PODS:
             c.apply(_pod(name))
         c.apply(SERVICE)
@@ -144,8 +138,6 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
           timeout=120)
         ips = {n: k.json("get", "pod", n)["status"]["podIP"] for n in PODS}
         yield PlaneLab(plane, c, k, ips)
-    finally:
-        c.down()
 
 
 def test_clusterip_reaches_every_endpoint_from_both_nodes(lab: PlaneLab) -> None:

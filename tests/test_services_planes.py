@@ -33,8 +33,9 @@ from knetlab.addons.lbspeaker.election import announced_by, winner
 from knetlab.cluster import Cluster
 from knetlab.errors import ConfigError
 from knetlab.topologies.schema import load_topology
-from tests.conftest import needs_root, poll, write_topology
-from tests.test_kube_lab import Kubectl, kubectls
+from tests.conftest import needs_root, poll, running_lab, write_topology
+from tests.kube_helpers import AGNHOST, kubectl, skip_without_root_or_kubectl
+from tests.test_kube_lab import Kubectl
 
 LB_CIDR = "172.30.0.0/28"
 PLANES = ["flannel-vxlan", "calico-bgp", "ovs-gre"]
@@ -65,7 +66,7 @@ bgp: {{mode: tor, serviceClusterIPs: true}}
 SERVER = {"apiVersion": "v1", "kind": "Pod",
           "metadata": {"name": "server", "labels": {"app": "server"}},
           "spec": {"nodeName": "node-2", "containers": [{
-              "name": "netexec", "image": "registry.k8s.io/e2e-test-images/agnhost:2.47",
+              "name": "netexec", "image": AGNHOST,
               "args": ["netexec", "--http-port=8080"],
               "ports": [{"name": "http", "containerPort": 8080}],
               "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
@@ -178,26 +179,18 @@ def test_outside_client_reaches_nodes(tmp_path: Path, lab, underlay: str) -> Non
 @pytest.fixture(scope="module", params=PLANES)
 def plane_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
               ) -> Iterator[tuple[Cluster, Kubectl]]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (namespaces)")
-    if not kubectls():
-        pytest.skip("no kubectl")
+    skip_without_root_or_kubectl()
     plane: str = request.param
     short = plane.replace("flannel-", "f").replace("calico-", "c").replace("ovs-", "o")
     text = (LEAF_SPINE if plane == "calico-bgp" else SEGMENT).format(
         short=short, plane=plane, lb=LB_CIDR)
-    path = write_topology(tmp_path_factory.mktemp(plane), text)
-    c = Cluster.load(path)
-    c.up()
-    try:
-        k = Kubectl(c.kubeconfig, kubectls()[0])
+    with running_lab(text, tmp_path_factory.mktemp(plane)) as c:
+        k = kubectl(c)
         for obj in (SERVER, CLIENT, SERVICE):
             c.apply(obj)
         k("wait", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=90s",
           timeout=120)
         yield c, k
-    finally:
-        c.down()
 
 
 def _service(k: Kubectl) -> dict:

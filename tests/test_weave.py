@@ -23,7 +23,7 @@ from knetlab.overlays.weave import crypto
 from knetlab.overlays.weave.gossip import Peers
 from knetlab.overlays.weave.ring import Allocator, Ring
 from knetlab.topologies.schema import load_topology
-from tests.conftest import needs_root, poll, write_topology
+from tests.conftest import needs_root, poll, running_lab, write_topology
 
 MARKER = b"WEAVE-PLAINTEXT-MARKER-7f3a"
 KNETLAB = [sys.executable, "-m", "knetlab.cli"]
@@ -99,18 +99,15 @@ def test_weave_settings_are_validated(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def enc(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    path = write_topology(tmp_path_factory.mktemp("wv"), """
+    with running_lab("""
 name: wv-t-enc
 podCIDR: 10.32.0.0/12
 dataplane: weave
 weave: {password: s3cret-lab-pw}
 nodes: {count: 2}
 pods: {perNode: 1}
-""")
-    c = Cluster.load(path)
-    c.up()
-    yield c
-    c.down()
+""", tmp_path_factory.mktemp("wv")) as c:
+        yield c
 
 
 def weave_status(cluster: str) -> dict[str, Any]:

@@ -11,9 +11,7 @@ joins; the 100-node lab dominates (~50 s up, ~3 GiB of ExaBGP).
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 import statistics
 import tempfile
 import threading
@@ -22,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from knetlab.cluster import Cluster
+from knetlab.measure import iperf3, process_cpu_seconds, rtt
 
+IPERF_PORT = 5214
 TOPO = """name: {name}
 dataplane: {plane}
 {extra}
@@ -102,11 +102,7 @@ def _pids(pid: int) -> list[int]:
 
 
 def _cpu(pids: list[int]) -> float:
-    total = 0.0
-    for p in pids:
-        stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(process_cpu_seconds(p) for p in pids)
 
 
 def _speaker_usage(c: Cluster) -> dict[str, float]:
@@ -128,18 +124,11 @@ def _speaker_usage(c: Cluster) -> dict[str, float]:
             "speaker_idle_cpu_pct": 100 * cpu / (time.monotonic() - t0) / n}
 
 
-def _iperf(server: Any, client: Any, ip: str) -> tuple[float, float]:
-    srv = server.popen(["iperf3", "-s", "-1"])
-    time.sleep(0.3)  # iperf3 -s has no readiness signal; -c retries are worse
-    try:
-        out = client.run(["iperf3", "-c", ip, "-t", "3", "-J"], timeout=20).stdout
-        gbps = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
-    finally:
-        srv.kill()
-        srv.wait()
-    ping = client.run(["ping", "-c", "5", "-i", "0.2", ip]).stdout
-    rtt = float(ping.rsplit("=", 1)[1].split("/")[1])
-    return gbps, rtt
+def _iperf(server: Any, client: Any, ip: str, tmp: Path) -> tuple[float, float]:
+    """Gbit/s of one 3 s TCP stream client -> server (``ip``), and the ping RTT in ms."""
+    gbps = iperf3(server.netns, ip, client.netns, IPERF_PORT, tmp / "iperf3-calico.pid",
+                  3).gbps
+    return gbps, rtt(client.netns, ip, 5, 0.2)
 
 
 def throughput(tmp: Path) -> list[dict[str, Any]]:
@@ -148,10 +137,10 @@ def throughput(tmp: Path) -> list[dict[str, Any]]:
         with _lab(tmp, "cb-bench-tp", plane, 2, extra) as c:
             if not rows:
                 n1, n2 = c.node("node-1"), c.node("node-2")
-                g, r = _iperf(n2, n1, n2.node_ip)
+                g, r = _iperf(n2, n1, n2.node_ip, tmp)
                 rows.append({"path": "host (node to node)", "gbps": g, "rtt_ms": r})
             p1, p2 = c.pod("pod-1-0"), c.pod("pod-2-0")
-            g, r = _iperf(p2, p1, p2.ip)
+            g, r = _iperf(p2, p1, p2.ip, tmp)
             rows.append({"path": f"{plane} pod to pod", "gbps": g, "rtt_ms": r})
     base = rows[0]["gbps"]
     for row in rows:

@@ -34,6 +34,7 @@ from knetlab.addons.dns.records import ZoneConfig, build_records
 from knetlab.bench import write_csv
 from knetlab.cluster import Cluster
 from knetlab.kube.client import KubeClient
+from knetlab.measure import process_cpu_seconds
 
 TOPO = """name: dnsbench
 dataplane: host-gw
@@ -132,8 +133,7 @@ def _dnsperf(netns: str, server: str, qfile: Path, seconds: int, extra: list[str
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads (the server's own work, which
     other processes competing for the core do not inflate)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_cpu_seconds(pid)
 
 
 def _qps(text: str) -> tuple[float, float, float]:

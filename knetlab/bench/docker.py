@@ -19,6 +19,7 @@ from typing import Any
 
 from knetlab.bench import write_csv
 from knetlab.cluster import Cluster
+from knetlab.measure import iperf3_client
 from knetlab.topologies.schema import load_topology
 
 TOPO = """name: dkbench
@@ -60,8 +61,7 @@ def _connect_us(host: Any, ip: str, port: int) -> list[float]:
 
 
 def _gbits(host: Any, ip: str, port: int) -> float:
-    res = host.run(["iperf3", "-c", ip, "-p", str(port), "-t", "2", "-J"], timeout=30)
-    return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    return iperf3_client(host.netns, ip, port, 2).gbps
 
 
 def _paths(c: Cluster, cip: str) -> dict[str, tuple[Any, str, int, int]]:

@@ -8,17 +8,12 @@ received (the bytes iperf3's receiver counted).
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import time
 from pathlib import Path
 from typing import Any
 
-from knetlab import shell
 from knetlab.bench import write_csv
 from knetlab.cluster import Cluster
-from knetlab.daemon import stop_pid
+from knetlab.measure import cpu_per_gb, iperf3, process_cpu_seconds, rtt
 from knetlab.topologies.schema import load_topology
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
@@ -26,56 +21,6 @@ SECONDS = 4  # per iperf3 run
 PORT = 5211
 FIELDS = ["backend", "host_gbps", "pod_gbps", "host_rtt_ms", "pod_rtt_ms", "pod_bytes",
           "daemon_cpu_s_per_gb"]
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu(pid: int | None) -> float:
-    """utime + stime of a process in seconds (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def iperf(server_ns: str, server_ip: str, client_ns: str, tmp: Path) -> tuple[float, int]:
-    """Gbit/s and bytes received of one TCP iperf3 run (server daemonized with -1, killed
-    by pid after)."""
-    pidfile = tmp / "iperf3.pid"
-    pidfile.unlink(missing_ok=True)
-    shell.run(["iperf3", "-s", "-1", "-D", "-p", str(PORT), "-I", str(pidfile)],
-              netns=server_ns)
-    try:
-        deadline = time.monotonic() + 5
-        while "LISTEN" not in shell.run(["ss", "-ltn", f"sport = :{PORT}"],
-                                        netns=server_ns).stdout:
-            if time.monotonic() > deadline:
-                raise RuntimeError("iperf3 server did not listen")
-            time.sleep(0.05)
-        out = shell.run(["iperf3", "-c", server_ip, "-p", str(PORT), "-t", str(SECONDS), "-J",
-                         "--connect-timeout", "3000"], netns=client_ns,
-                        timeout=SECONDS + 20).stdout
-    finally:
-        if pidfile.exists():
-            stop_pid(int(pidfile.read_text().split()[0]), "iperf3", 2)
-    result = json.loads(out)
-    if "error" in result:
-        raise RuntimeError(f"iperf3 to {server_ip}: {result['error']}")
-    received = result["end"]["sum_received"]
-    return received["bits_per_second"] / 1e9, int(received["bytes"])
-
-
-def cpu_per_gb(cpu_s: float, received_bytes: int) -> float | None:
-    """CPU seconds per GB (1e9 bytes) actually moved: the bytes iperf3's receiver counted,
-    not the rate times the nominal duration (which misses ramp-up and the last interval)."""
-    return round(cpu_s / (received_bytes / 1e9), 2) if received_bytes else None
-
-
-def rtt(ns: str, ip: str) -> float:
-    """Average ping RTT in ms (50 pings, 10 ms apart)."""
-    out = shell.run(["ping", "-q", "-c", "50", "-i", "0.01", "-W", "1", ip], netns=ns).stdout
-    m = re.search(r"= [\d.]+/([\d.]+)/", out)
-    return float(m.group(1)) if m else float("nan")
 
 
 def bench_one(topology: Path, name: str, tmp: Path) -> dict[str, Any]:
@@ -87,12 +32,14 @@ def bench_one(topology: Path, name: str, tmp: Path) -> dict[str, Any]:
         assert c.backend is not None
         daemons = [d.pid for t in (c.backend.agents, c.backend.forwarders)
                    for d in t.values()]
-        host_gbps, _ = iperf(n2.netns, n2.node_ip, n1.netns, tmp)
-        cpu0 = sum(_cpu(p) for p in daemons)
-        pod_gbps, received = iperf(p2.netns, p2.ip, p1.netns, tmp)
-        cpu = sum(_cpu(p) for p in daemons) - cpu0
-        return {"backend": name, "host_gbps": round(host_gbps, 2),
-                "pod_gbps": round(pod_gbps, 2),
+        pidfile = tmp / "iperf3.pid"
+        host = iperf3(n2.netns, n2.node_ip, n1.netns, PORT, pidfile, SECONDS)
+        cpu0 = sum(process_cpu_seconds(p) for p in daemons)
+        pod = iperf3(p2.netns, p2.ip, p1.netns, PORT, pidfile, SECONDS)
+        cpu = sum(process_cpu_seconds(p) for p in daemons) - cpu0
+        received = pod.bytes
+        return {"backend": name, "host_gbps": round(host.gbps, 2),
+                "pod_gbps": round(pod.gbps, 2),
                 "host_rtt_ms": rtt(n1.netns, n2.node_ip), "pod_rtt_ms": rtt(p1.netns, p2.ip),
                 "pod_bytes": received, "daemon_cpu_s_per_gb": cpu_per_gb(cpu, received)}
 

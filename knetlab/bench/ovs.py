@@ -8,54 +8,20 @@ the latency is from that write until every switch acknowledged (barrier) the new
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from knetlab.bench import write_csv
 from knetlab.cluster import Cluster
+from knetlab.measure import iperf3, rtt
 from knetlab.topologies.schema import load_topology
 
 PLANES = ["ovs-vxlan", "ovs-gre"]
 IPERF_SECONDS = 4
+IPERF_PORT = 5213
 PING_COUNT = 20
 PODS_FOR_FLOWS = 100
-
-
-def _iperf(client: Any, server: Any, ip: str) -> float:
-    """Gbit/s of one time-limited TCP stream from client to server (``ip``).
-
-    Up to three tries, each with a fresh one-off server: iperf3 can exit 0 with only an
-    "error" in its JSON (seen once in a full `make bench` run), and a failed try may
-    have used up the ``-s -1`` server."""
-    problem = ""
-    for _attempt in range(3):
-        srv = server.popen(["iperf3", "-s", "-1"])
-        try:
-            deadline = time.monotonic() + 5
-            while True:
-                res = client.run(["iperf3", "-c", ip, "-t", str(IPERF_SECONDS), "-J",
-                                  "--connect-timeout", "1000"], check=False,
-                                 timeout=IPERF_SECONDS + 20)
-                if res.ok or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            try:
-                end = json.loads(res.stdout)["end"]
-                return end["sum_received"]["bits_per_second"] / 1e9
-            except (ValueError, KeyError):
-                problem = (res.stderr or res.stdout).strip()[-300:]
-        finally:
-            srv.kill()
-            srv.wait()
-        time.sleep(0.5)
-    raise RuntimeError(f"iperf3 to {ip} failed three times: {problem}")
-
-
-def _rtt_ms(client: Any, ip: str) -> float:
-    out = client.run(["ping", "-q", "-c", str(PING_COUNT), "-i", "0.05", ip], timeout=30).stdout
-    return float(out.rsplit("=", 1)[1].split("/")[1])  # rtt min/avg/max/mdev = a/b/c/d ms
 
 
 def _rss_kib(pid: int | None) -> int:
@@ -100,12 +66,15 @@ def measure(plane: str, out_dir: Path) -> dict[str, Any]:
         a, b = c.pod("pod-1-0"), c.pod("pod-2-0")
         n1, n2 = c.node("node-1"), c.node("node-2")
         sws = c.backend.switches.values()
+        pidfile = out_dir / f"iperf3-{plane}.pid"
         row: dict[str, Any] = {
             "plane": plane,
-            "host_gbps": round(_iperf(n1, n2, n2.node_ip), 2),
-            "pod_gbps": round(_iperf(a, b, b.ip), 2),
-            "host_rtt_ms": round(_rtt_ms(n1, n2.node_ip), 3),
-            "pod_rtt_ms": round(_rtt_ms(a, b.ip), 3),
+            "host_gbps": round(iperf3(n2.netns, n2.node_ip, n1.netns, IPERF_PORT, pidfile,
+                                      IPERF_SECONDS, tries=3).gbps, 2),
+            "pod_gbps": round(iperf3(b.netns, b.ip, a.netns, IPERF_PORT, pidfile,
+                                     IPERF_SECONDS, tries=3).gbps, 2),
+            "host_rtt_ms": round(rtt(n1.netns, n2.node_ip, PING_COUNT, 0.05), 3),
+            "pod_rtt_ms": round(rtt(a.netns, b.ip, PING_COUNT, 0.05), 3),
             "ovs_start_s": round(max(sw.start_seconds for sw in sws), 3),
             "ovs_rss_mib": round(max(_rss_kib(sw.ovs.vswitchd.pid) + _rss_kib(sw.ovs.ovsdb.pid)
                                      for sw in sws) / 1024, 1),

@@ -14,68 +14,24 @@ baseline row is measured the same way (no routers).
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
-from knetlab import shell
 from knetlab.bench import write_csv
-from knetlab.bench.flannel import rtt
 from knetlab.cluster import Cluster
-from knetlab.daemon import stop_pid
+from knetlab.measure import CLK, iperf3, process_cpu_seconds, rtt
 from knetlab.topologies.schema import load_topology
 
 SECONDS = 4
 REPEATS = 3
 PORT = 5212
-CLK = os.sysconf("SC_CLK_TCK")
 FIELDS = ["plane", "path", "gbps", "gbps_runs", "rtt_ms", "bytes", "sender_s_per_gb",
           "receiver_s_per_gb", "router_s_per_gb", "softirq_s_per_gb", "total_cpu_s_per_gb"]
-
-
-def _proc_cpu(pid: int | None) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 def _softirq() -> float:
     cpu = Path("/proc/stat").read_text().splitlines()[0].split()
     return int(cpu[7]) / CLK  # user nice system idle iowait irq softirq
-
-
-def iperf(server_ns: str, server_ip: str, client_ns: str, tmp: Path) -> dict[str, Any]:
-    pidfile = tmp / "iperf3-weave.pid"
-    pidfile.unlink(missing_ok=True)
-    shell.run(["iperf3", "-s", "-1", "-D", "-p", str(PORT), "-I", str(pidfile)],
-              netns=server_ns)
-    try:
-        deadline = time.monotonic() + 5
-        while "LISTEN" not in shell.run(["ss", "-ltn", f"sport = :{PORT}"],
-                                        netns=server_ns).stdout:
-            if time.monotonic() > deadline:
-                raise RuntimeError("iperf3 server did not listen")
-            time.sleep(0.05)
-        out = shell.run(["iperf3", "-c", server_ip, "-p", str(PORT), "-t", str(SECONDS), "-J",
-                         "--connect-timeout", "3000"], netns=client_ns,
-                        timeout=SECONDS + 20).stdout
-    finally:
-        if pidfile.exists():
-            stop_pid(int(pidfile.read_text().split()[0]), "iperf3", 2)
-    result = json.loads(out)
-    if "error" in result:
-        raise RuntimeError(f"iperf3 to {server_ip}: {result['error']}")
-    end = result["end"]
-    seconds = end["sum_received"]["seconds"]
-    cpu = end["cpu_utilization_percent"]
-    return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-            "bytes": int(end["sum_received"]["bytes"]),
-            "sender_s": cpu["host_total"] / 100 * seconds,
-            "receiver_s": cpu["remote_total"] / 100 * seconds}
 
 
 def measure(plane: str, path: str, server: Any, server_ip: str, client: Any, routers: list[int],
@@ -84,11 +40,13 @@ def measure(plane: str, path: str, server: Any, server_ip: str, client: Any, rou
     with that run's CPU figures."""
     runs = []
     for _ in range(REPEATS):
-        r0, s0 = sum(_proc_cpu(p) for p in routers), _softirq()
-        res = iperf(server.netns, server_ip, client.netns, tmp)
-        res["router_s"] = sum(_proc_cpu(p) for p in routers) - r0
-        res["softirq_s"] = _softirq() - s0
-        runs.append(res)
+        r0, s0 = sum(process_cpu_seconds(p) for p in routers), _softirq()
+        one = iperf3(server.netns, server_ip, client.netns, PORT, tmp / "iperf3-weave.pid",
+                     SECONDS)
+        runs.append({"gbps": one.gbps, "bytes": one.bytes, "sender_s": one.sender_cpu_s,
+                     "receiver_s": one.receiver_cpu_s,
+                     "router_s": sum(process_cpu_seconds(p) for p in routers) - r0,
+                     "softirq_s": _softirq() - s0})
     res = sorted(runs, key=lambda r: r["gbps"])[len(runs) // 2]
     router_s, softirq_s = res["router_s"], res["softirq_s"]
     gb = res["bytes"] / 1e9 or float("nan")

@@ -14,15 +14,14 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from knetlab import shell
 from knetlab.compare.cpu import LabCgroup
 from knetlab.compare.planes import Pair
-from knetlab.daemon import stop_pid
 from knetlab.errors import KnetlabError
+from knetlab.measure import Iperf3Result, detached_server, iperf3_client, iperf3_server
 
 IPERF_PORT = 5231
 RR_PORT = 5232
@@ -36,69 +35,29 @@ class Sample:
     size: int = 0            # message / write size in bytes (0: not size-specific)
 
 
-@contextlib.contextmanager
-def _daemon(argv: list[str], netns: str, pidfile: Path, port: int,
-            match: str) -> Iterator[None]:
-    """A server that detaches once listening, stopped by its pid file afterwards."""
-    pidfile.unlink(missing_ok=True)
-    shell.run(argv, netns=netns)
-    try:
-        deadline = time.monotonic() + 10
-        while f":{port} " not in shell.run(["ss", "-Hltn", f"sport = :{port}"],
-                                           netns=netns).stdout:
-            if time.monotonic() > deadline:
-                raise KnetlabError(f"{argv[0]} did not listen on {port}")
-            time.sleep(0.05)
-        yield
-    finally:
-        deadline = time.monotonic() + 3
-        while not pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if pidfile.exists():
-            stop_pid(int(pidfile.read_text().split()[0]), match, 2)
-
-
 def iperf_server(pair: Pair, tmp: Path) -> contextlib.AbstractContextManager[None]:
-    return _daemon(["iperf3", "-s", "-D", "-p", str(IPERF_PORT), "-I",
-                    str(tmp / "iperf3.pid")], pair.server.netns, tmp / "iperf3.pid",
-                   IPERF_PORT, "iperf3")
+    return iperf3_server(pair.server.netns, IPERF_PORT, tmp / "iperf3.pid")
 
 
 def rr_server(pair: Pair, tmp: Path) -> contextlib.AbstractContextManager[None]:
-    return _daemon([sys.executable, "-m", "knetlab.compare.rr", "serve", str(RR_PORT),
-                    str(tmp / "rr.pid")], pair.server.netns, tmp / "rr.pid", RR_PORT,
-                   "knetlab.compare.rr")
+    return detached_server([sys.executable, "-m", "knetlab.compare.rr", "serve",
+                            str(RR_PORT), str(tmp / "rr.pid")], pair.server.netns,
+                           tmp / "rr.pid", RR_PORT, "knetlab.compare.rr")
 
 
 def iperf(pair: Pair, seconds: int, streams: int = 1, length: int = 0,
-          rate: str = "") -> dict[str, float]:
-    """One iperf3 TCP run client -> server: Gbit/s and bytes its receiver counted.
-    Retried once: iperf3 sometimes exits with only an "error" in its JSON on a busy host."""
-    argv = ["iperf3", "-c", pair.server_ip, "-p", str(IPERF_PORT), "-t", str(seconds),
-            "-P", str(streams), "-J", "--connect-timeout", "3000"]
-    if length:
-        argv += ["-l", str(length)]
-    if rate:
-        argv += ["-b", rate]
-    problem = ""
-    for _ in range(2):
-        res = shell.run(argv, netns=pair.client.netns, check=False, timeout=seconds + 30)
-        try:
-            out = json.loads(res.stdout)
-            got = out["end"]["sum_received"]
-            return {"gbps": got["bits_per_second"] / 1e9, "bytes": float(got["bytes"])}
-        except (ValueError, KeyError):
-            problem = (res.stderr or res.stdout).strip()[-300:]
-            time.sleep(0.5)
-    raise KnetlabError(f"iperf3 to {pair.server_ip} failed twice: {problem}")
+          rate: str = "") -> Iperf3Result:
+    """One iperf3 TCP run client -> server (the server of ``iperf_server``)."""
+    return iperf3_client(pair.client.netns, pair.server_ip, IPERF_PORT, seconds, streams,
+                         length, rate)
 
 
 def throughput(pair: Pair, seconds: int, streams: int) -> Sample:
-    return Sample(f"tcp{streams}_gbps", iperf(pair, seconds, streams)["gbps"], "Gbit/s")
+    return Sample(f"tcp{streams}_gbps", iperf(pair, seconds, streams).gbps, "Gbit/s")
 
 
 def throughput_sizes(pair: Pair, seconds: int, sizes: list[int]) -> list[Sample]:
-    return [Sample("tput_gbps", iperf(pair, seconds, 1, length=size)["gbps"], "Gbit/s", size)
+    return [Sample("tput_gbps", iperf(pair, seconds, 1, length=size).gbps, "Gbit/s", size)
             for size in sizes]
 
 

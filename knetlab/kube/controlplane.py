@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knetlab.daemon import stop_pids
+from knetlab.daemon import status_rows, stop_pids
 from knetlab.kube.client import KubeClient
 from knetlab.kube.etcd import EtcdDaemon, free_port
 from knetlab.kube.pki import make_pki
@@ -72,9 +72,8 @@ class ControlPlane:
 
     def daemons(self) -> list[dict[str, Any]]:
         """Each running daemon as the status table lists them (name, owner, pid)."""
-        return [{"name": d.name, "owner": d.owner, "pid": d.pid}
-                for d in [self.etcd, self.apiserver, self.controllers, *self.kubelets.values()]
-                if d is not None and d.pid]
+        return status_rows([self.etcd, self.apiserver, self.controllers,
+                            *self.kubelets.values()])
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> None:

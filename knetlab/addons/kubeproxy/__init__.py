@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from knetlab.addons import Addon, register
 from knetlab.addons.kubeproxy.apirelay import API_PORT
-from knetlab.daemon import Daemon
+from knetlab.daemon import Daemon, status_rows
 from knetlab.kube.client import ApiError
 
 if TYPE_CHECKING:
@@ -136,8 +136,7 @@ class KubeProxy(Addon):
             daemon.wait_ready()
 
     def daemons(self) -> list[dict[str, Any]]:
-        return [{"name": d.name, "owner": d.owner, "pid": d.pid}
-                for d in self.daemons_by_node.values() if d.pid]
+        return status_rows(self.daemons_by_node.values())
 
     # -- the ``kubernetes`` Service's endpoints ------------------------------------------
     def _publish_api_endpoints(self) -> None:

@@ -19,7 +19,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from knetlab.addons import Addon, register
-from knetlab.daemon import Daemon
+from knetlab.daemon import Daemon, status_rows
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -74,8 +74,7 @@ class LoadBalancerSpeaker(Addon):
             speaker.wait_ready()
 
     def daemons(self) -> list[dict[str, Any]]:
-        return [{"name": d.name, "owner": d.owner, "pid": d.pid}
-                for d in self.speakers.values() if d.pid]
+        return status_rows(self.speakers.values())
 
     def stop_node(self, node: K8sNode) -> None:
         speaker = self.speakers.pop(node.name, None)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from knetlab.addons import Addon, register
 from knetlab.addons.netpolicy.agent import PolicyAgentDaemon
+from knetlab.daemon import status_rows
 from knetlab.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -68,8 +69,7 @@ class NetworkPolicyAddon(Addon):
             a.stop()  # reaps and removes the pid file (the process is gone already)
 
     def daemons(self) -> list[dict[str, Any]]:
-        return [{"name": a.name, "owner": a.owner, "pid": a.pid}
-                for a in list(self.agents.values()) if a.pid]
+        return status_rows(list(self.agents.values()))
 
     def wait_ready(self) -> None:
         """Every agent has applied its node's table once (tests, benches)."""
