@@ -64,6 +64,9 @@ def root_links(tag_re: re.Pattern[str]) -> list[str]:
     return [link["ifname"] for link in json.loads(out or "[]") if tag_re.match(link["ifname"])]
 
 
+STORE = "control-plane/etcd"  # the lab's etcd, as Daemon.start records it
+
+
 def clean_lab(rd: RunDir) -> list[str]:
     removed: list[str] = []
     owned = rd.owned()
@@ -71,9 +74,12 @@ def clean_lab(rd: RunDir) -> list[str]:
     # Daemons first (they may hold namespaces), shells last; each group signalled at once.
     pids = [e for e in owned if e.get("kind") == "pid" and e["pid"] != os.getpid()
             and pid_alive(e["pid"], e["match"])]  # (the supervisor cleaning its own lab)
-    daemons = [(e["pid"], e["match"]) for e in pids if "mininet:" not in e["match"]]
+    daemons = [(e["pid"], e["match"]) for e in pids if "mininet:" not in e["match"]
+               and e.get("name") != STORE]
     shells = [(e["pid"], e["match"]) for e in pids if "mininet:" in e["match"]]
     stop_pids(daemons, signal.SIGTERM)
+    # The lab's etcd last: kubelets stopping release their pods' state in it (CNI DEL).
+    stop_pids([(e["pid"], e["match"]) for e in pids if e.get("name") == STORE], signal.SIGTERM)
     stop_pids(shells, signal.SIGHUP)  # interactive bash ignores SIGTERM; SIGHUP ends it
     removed += [f"process {e['pid']} ({e.get('name', '')})" for e in pids]
     strays = _processes_in(inodes)

@@ -3,7 +3,8 @@
     with Cluster.load("topologies/default.yaml") as c:
         print(c.pod("pod-1-0").cmd("ping -c1", c.pod("pod-2-0").ip))
 
-Bring-up order: run dir -> Kubernetes control plane (etcd, API server, controllers; boots
+Bring-up order: run dir -> the lab's etcd (the control-plane store: knetlab/labstore.py)
+-> Kubernetes control plane (API server, controllers; boots
 while the rest is built) -> (OVS for the underlay) -> underlay -> data plane setup -> nodes
 (uplink, sysctls, data plane, CNI, kubelet daemon) -> data plane sync -> topology pods (CNI
 ADD, in parallel across nodes; shown in the API as static pods' mirror pods) -> kubelets
@@ -17,7 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,13 +31,15 @@ from knetlab.dataplane import Backend, backends
 from knetlab.errors import KnetlabError, NotFoundError
 from knetlab.faults import Faults
 from knetlab.kube.controlplane import ControlPlane
+from knetlab.kube.etcd import EtcdDaemon
+from knetlab.labstore import etcd_store, start_lab_etcd
 from knetlab.nodes.host import NetnsHost
 from knetlab.nodes.k8snode import K8sNode
 from knetlab.nodes.pod import ApiPod, Pod
 from knetlab.nodes.sandbox_runtime import CNI_PATHS, SandboxRuntime
 from knetlab.ovs import OvsInstance
 from knetlab.rundir import RunDir, pid_alive
-from knetlab.store import Store, lab_store
+from knetlab.store import Store
 from knetlab.topologies.clients import Client, build_clients, describe_clients
 from knetlab.topologies.fields import NAME_MAX, NODE_NAME_MAX, name_problem
 from knetlab.topologies.schema import ClusterSpec, PodSpec, load_topology
@@ -63,7 +66,9 @@ class Cluster:
         self.timings: dict[str, float] = {}
         # Told each bring-up phase as it ends (name, seconds): `knetlab up` prints progress.
         self.on_phase: Callable[[str, float], object] | None = None
-        self.store: Store | None = None  # the lab's control-plane store, once up
+        self.etcd: EtcdDaemon | None = None  # the lab's etcd: store and Kubernetes' backend
+        self._store_boot: Future[None] | None = None  # its start, while the network is built
+        self.store: Store | None = None  # the lab's control-plane store (etcd), once up
         self.control: ControlPlane | None = None  # its Kubernetes, unless spec.kubernetes is off
         self._kube: Any = None  # the official client, made on first use
         self.addons: list[Addon] = []  # cluster services on top of Kubernetes (knetlab.addons)
@@ -104,7 +109,6 @@ class Cluster:
         if self.rundir.exists():  # leftovers of a crashed run of the same lab
             clean.clean_lab(self.rundir)
         self.rundir.create()
-        self.store = lab_store(self.rundir.path)
 
     def _build(self) -> None:
         spec = self.spec
@@ -112,7 +116,10 @@ class Cluster:
                            autoStaticArp=False, waitConnected=False)
         self._write_state("starting")
         t = time.monotonic()
-        with ThreadPoolExecutor(1) as boot:
+        # The lab's etcd first, in the background: its PKI and boot overlap the underlay;
+        # the data plane's setup and the API server wait for it.
+        with ThreadPoolExecutor(2) as boot:
+            self._store_boot = boot.submit(self._start_store)
             control = boot.submit(self._start_control_plane) if spec.kubernetes else None
             self._build_network()
             if control is not None:
@@ -141,8 +148,15 @@ class Cluster:
         if self.on_phase is not None:
             self.on_phase(name, self.timings[name])
 
+    def _start_store(self) -> None:
+        ips = (str(self.spec.service_cidr.network_address + 1),)  # the API server's too
+        self.etcd = start_lab_etcd(self.rundir, ips)
+        self.store = etcd_store(self.etcd)
+
     def _start_control_plane(self) -> None:
-        self.control = ControlPlane(self.rundir, self.spec)
+        assert self._store_boot is not None
+        self._store_boot.result()
+        self.control = ControlPlane(self.rundir, self.spec, etcd=self.etcd)
         self.control.start()
 
     def _build_network(self) -> None:
@@ -156,6 +170,8 @@ class Cluster:
             os.environ.update(self.ovs.env)  # Mininet's OVSSwitch runs plain ovs-vsctl
         self.underlay = Underlay(spec, self.net, self.rundir, cls.wants_segment_router)
         self.underlay.build()
+        assert self._store_boot is not None
+        self._store_boot.result()  # the lab's etcd is up (or its failure is raised here)
         self.backend = cls(self)
         self.backend.setup()
         self.clients = build_clients(self)
@@ -382,6 +398,12 @@ class Cluster:
             self.ovs.stop()
             for key in self.ovs.env:
                 os.environ.pop(key, None)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.etcd is not None:  # last: CNI DEL and the data plane release state in it
+            self.etcd.stop()
+            self.etcd = None
         clean.clean_lab(self.rundir)  # whatever the steps above missed, by ownership
         self.net, self.backend, self.ovs = None, None, None
         self.nodes, self.pods, self.clients = {}, {}, {}
@@ -540,6 +562,11 @@ class Cluster:
             out["clients"] = describe_clients(self.clients)
         if self.backend:
             out.update(self.backend.describe())
+        if self.etcd is not None:
+            out["store"] = {"etcd": self.etcd.client_url}
+            if self.control is None:
+                out["daemons"] = [*out.get("daemons", []), {
+                    "name": self.etcd.name, "owner": self.etcd.owner, "pid": self.etcd.pid}]
         if self.control is not None:
             out["kubernetes"] = self.control.describe()
             out["daemons"] = [*out.get("daemons", []), *self.control.daemons()]

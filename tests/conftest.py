@@ -73,3 +73,30 @@ def poll(cond: Callable[[], object], timeout: float, what: str) -> float:
             return time.monotonic() - t0
         time.sleep(0.02)
     pytest.fail(f"not within {timeout}s: {what}")
+
+
+@pytest.fixture(scope="session")
+def _test_etcd() -> Iterator[object]:
+    """One real etcd (TLS, as a lab's) for the tests of the store and its users."""
+    import shutil
+
+    from knetlab import clean
+    from knetlab.labstore import etcd_store, start_lab_etcd
+    from knetlab.rundir import RunDir
+    if os.geteuid() != 0 or not shutil.which("etcd"):
+        pytest.skip("needs root and etcd (a lab's store)")
+    rd = RunDir(f"storetest-{os.getpid()}")
+    rd.create()
+    try:
+        yield etcd_store(start_lab_etcd(rd))
+    finally:
+        clean.clean_lab(rd)
+
+
+@pytest.fixture
+def etcd_store(_test_etcd: object) -> object:
+    """The test etcd's ``knetlab.store.Store``, emptied first."""
+    import base64
+    empty = base64.b64encode(b"\0").decode()
+    _test_etcd.call("/v3/kv/deleterange", {"key": empty, "range_end": empty})  # type: ignore[attr-defined]
+    return _test_etcd

@@ -1,4 +1,4 @@
-"""calico-ipam blocks: claims in the store (unit, no root), and a whole lab where a node
+"""calico-ipam blocks: claims in a real etcd (unit), and a whole lab where a node
 with more pods than a block claims a second one, announces both (aggregated), blackholes
 them, and every pod is reachable."""
 
@@ -14,36 +14,38 @@ import pytest
 from knetlab.bgp.blocks import aggregate
 from knetlab.cni.plugins.calico_ipam import BlockStore, allocate, node_blocks, release
 from knetlab.errors import ConfigError
+from knetlab.store import Store
 from knetlab.topologies.schema import load_topology
 from tests.conftest import needs_root, poll, write_topology
 
 POOL = "10.244.0.0/16"
 
 
-def test_blocks_claimed_per_node_and_more_when_full(tmp_path: Path) -> None:
-    with BlockStore(str(tmp_path)) as s:
-        ips = [allocate(s, POOL, 30, "node-1", f"c{i}/eth0") for i in range(5)]
-        other = allocate(s, POOL, 30, "node-2", "x/eth0")
-        assert allocate(s, POOL, 30, "node-1", "c0/eth0") == ips[0]  # idempotent
-        mine = sorted(b["cidr"] for b in node_blocks(s, "node-1"))
+def test_blocks_claimed_per_node_and_more_when_full(etcd_store: Store) -> None:
+    s = BlockStore(etcd_store)
+    ips = [allocate(s, POOL, 30, "node-1", f"net.c{i}") for i in range(5)]
+    other = allocate(s, POOL, 30, "node-2", "net.x")
+    assert allocate(s, POOL, 30, "node-1", "net.c0") == ips[0]  # idempotent
+    mine = sorted(b["cidr"] for b in node_blocks(s, "node-1"))
     # .0 is the pool's network address: the first /30 gives 3, the next one 4
     assert ips[0] == "10.244.0.1" and mine == ["10.244.0.0/30", "10.244.0.4/30"]
     assert other == "10.244.0.8"  # node-2 got a block of its own
     assert aggregate(mine) == ["10.244.0.0/29"]
-    with BlockStore(str(tmp_path)) as s:
-        assert release(s, "node-1", "c4/eth0") == ips[4]
-        assert allocate(s, POOL, 30, "node-1", "c9/eth0") == ips[4]  # reused, no new block
-    assert json.loads((tmp_path / ".revision").read_text()) > 0
+    assert release(s, "node-1", "net.c4") == ips[4]
+    assert allocate(s, POOL, 30, "node-1", "net.c9") == ips[4]  # reused, no new block
+    assert etcd_store.get("/calico/ipam/v2/handle/net.c9") == {
+        "handleID": "net.c9", "block": {"10.244.0.4/30": 1}, "deleted": False}
+    assert etcd_store.get("/calico/ipam/v2/handle/net.c4") is None
 
 
-def test_claims_are_atomic_across_racing_nodes(tmp_path: Path) -> None:
-    def one(node: str) -> str:
-        with BlockStore(str(tmp_path)) as s:
-            return allocate(s, POOL, 26, node, "p/eth0")
+def test_claims_are_atomic_across_racing_nodes(etcd_store: Store) -> None:
+    def one(node: str) -> str:  # each its own connection, as separate plugins
+        return allocate(BlockStore(Store.from_conf(etcd_store.conf())), POOL, 26, node,
+                        "net.p")
 
     with ThreadPoolExecutor(8) as pool:
         ips = list(pool.map(one, [f"node-{i}" for i in range(16)]))
-    blocks = BlockStore(str(tmp_path)).blocks()
+    blocks = BlockStore(etcd_store).blocks()
     assert len(ips) == len(set(ips)) == 16
     assert len({b["cidr"] for b in blocks}) == len(blocks) == 16
 

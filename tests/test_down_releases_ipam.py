@@ -13,6 +13,7 @@ import pytest
 from knetlab.cluster import Cluster
 from knetlab.cni.plugins.calico_ipam import BlockStore
 from knetlab.nodes.host import NetnsHost
+from knetlab.store import Store
 from tests.conftest import needs_root, write_topology
 
 pytestmark = [pytest.mark.e2e, needs_root]
@@ -43,7 +44,7 @@ def host_local_ips(ipam_dirs: list[Path]) -> set[str]:
     return out
 
 
-def calico_handles(store: str) -> set[str]:
+def calico_handles(store: Store) -> set[str]:
     return {h for b in BlockStore(store).blocks() for h in b["allocations"].values()}
 
 
@@ -83,9 +84,10 @@ def test_down_releases_calico_allocations(tmp_path: Path, monkeypatch: pytest.Mo
     try:
         c.up()
         assert c.store is not None
-        store = str(c.store.root)
+        store = c.store
         pods = {p.container_id for p in c.pods.values()}
-        assert {h.split("/")[0] for h in calico_handles(store)} == pods
+        # Calico's handles: k8s-pod-network.<container ID>
+        assert {h.partition(".")[2] for h in calico_handles(store)} == pods
     except BaseException:
         c.down()
         raise

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TOPOLOGIES, needs_root, write_topology
+from conftest import TOPOLOGIES, needs_root, poll, write_topology
 
 from knetlab.errors import ConfigError
 from knetlab.overlays.flannel import subnet
@@ -172,11 +172,15 @@ def test_vxlan_membership_and_healing(lab) -> None:
         "ping", "-q", "-i", "0.05", "-c", "60", "-W", "1", c.pod("pod-2-0").ip]),
         stdout=subprocess.PIPE, text=True)
     new = c.add_node("node-4")
+    leased = time.time()  # add_node returns once node-4's agent holds its lease
     lease = subnet.leases(c.store)[-1]
-    assert lease["node"] == "node-4"
-    applied = json.loads((c.backend.agents["node-1"].dir / "applied.json").read_text())
-    lag = applied["time"] - (lease["expires"] - subnet.LEASE_TTL)
-    assert new.spec.pod_cidr in applied["peers"] and lag < 1.0, lag
+    assert lease["PublicIP"] == new.node_ip and lease["subnet"] == new.spec.pod_cidr
+
+    def applied() -> dict:
+        return json.loads((c.backend.agents["node-1"].dir / "applied.json").read_text())
+    poll(lambda: new.spec.pod_cidr in applied()["peers"], 5.0, "node-1 programs node-4")
+    lag = applied()["time"] - leased
+    assert lag < 1.0, lag
     mac = lease["BackendData"]["VtepMAC"]
     fdb = n1.run(["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
     assert f"{mac} dst {new.node_ip}" in fdb

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from knetlab.cni.runtime import KNETLAB_PLUGINS
+from knetlab.store import Store
 
 PLUGIN = str(Path(KNETLAB_PLUGINS) / "host-local")
 
@@ -102,11 +103,11 @@ def test_gc_reads_the_spec_text_key_too(tmp_path: Path) -> None:
 CALICO_IPAM = str(Path(KNETLAB_PLUGINS) / "calico-ipam")
 
 
-def calico_ipam(tmp_path: Path, command: str, cid: str, pool: str = "10.8.0.0/28",
+def calico_ipam(store: Store, command: str, cid: str, pool: str = "10.8.0.0/28",
                 extra: dict | None = None) -> tuple[int, dict]:
-    conf = {"cniVersion": "1.1.0", "name": "calico",
-            "ipam": {"type": "calico-ipam", "datastore": str(tmp_path / "store"), "pool": pool,
-                     "blockSize": 30, "node": "node-1"}, **(extra or {})}
+    conf = {"cniVersion": "1.1.0", "name": "calico", **store.conf(), "nodename": "node-1",
+            "ipam": {"type": "calico-ipam", "ipv4_pools": [pool], "blockSize": 30},
+            **(extra or {})}
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/proc/self/ns/net",
            "CNI_IFNAME": "eth0", "CNI_PATH": KNETLAB_PLUGINS, "PATH": "/usr/bin:/bin"}
     p = subprocess.run([CALICO_IPAM], input=json.dumps(conf), env=env, capture_output=True,
@@ -114,42 +115,41 @@ def calico_ipam(tmp_path: Path, command: str, cid: str, pool: str = "10.8.0.0/28
     return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}
 
 
-def test_calico_ipam_gc_releases_leaks_keeps_valid_and_tunnels(tmp_path: Path) -> None:
+def test_calico_ipam_gc_releases_leaks_keeps_valid_and_tunnels(etcd_store: Store) -> None:
     from knetlab.cni.plugins.calico_ipam import BlockStore, allocate, node_blocks
-    keep = calico_ipam(tmp_path, "ADD", "keep")[1]["ips"][0]["address"]
-    calico_ipam(tmp_path, "ADD", "leak1")
-    calico_ipam(tmp_path, "ADD", "leak2")  # a second block: /30 blocks hold 4 addresses
-    with BlockStore(str(tmp_path / "store")) as store:
-        tunnel = allocate(store, "10.8.0.0/28", 30, "node-1", "vxlan-tunnel-addr")
+    keep = calico_ipam(etcd_store, "ADD", "keep")[1]["ips"][0]["address"]
+    calico_ipam(etcd_store, "ADD", "leak1")
+    calico_ipam(etcd_store, "ADD", "leak2")  # a second block: /30 blocks hold 4 addresses
+    store = BlockStore(etcd_store)
+    tunnel = allocate(store, "10.8.0.0/28", 30, "node-1", "vxlan-tunnel-addr-node-1")
     gc = {"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
-    assert calico_ipam(tmp_path, "GC", "", extra=gc) == (0, {})
-    with BlockStore(str(tmp_path / "store")) as store:
-        left = {ip: h for b in node_blocks(store, "node-1") for ip, h in b["allocations"].items()}
-    assert left == {keep.split("/")[0]: "keep/eth0", tunnel: "vxlan-tunnel-addr"}
+    assert calico_ipam(etcd_store, "GC", "", extra=gc) == (0, {})
+    left = {ip: h for b in node_blocks(store, "node-1") for ip, h in b["allocations"].items()}
+    assert left == {keep.split("/")[0]: "calico.keep", tunnel: "vxlan-tunnel-addr-node-1"}
 
 
-def test_calico_ipam_status_says_when_the_pool_is_full(tmp_path: Path) -> None:
-    assert calico_ipam(tmp_path, "STATUS", "", pool="10.8.0.0/29") == (0, {})
+def test_calico_ipam_status_says_when_the_pool_is_full(etcd_store: Store) -> None:
+    assert calico_ipam(etcd_store, "STATUS", "", pool="10.8.0.0/29") == (0, {})
     # a /29 pool of /30 blocks: 6 usable (the pool's network and broadcast excluded)
-    assert all(calico_ipam(tmp_path, "ADD", f"c{i}", pool="10.8.0.0/29")[0] == 0
+    assert all(calico_ipam(etcd_store, "ADD", f"c{i}", pool="10.8.0.0/29")[0] == 0
                for i in range(6))
-    code, err = calico_ipam(tmp_path, "STATUS", "", pool="10.8.0.0/29")
+    code, err = calico_ipam(etcd_store, "STATUS", "", pool="10.8.0.0/29")
     assert code == 1 and err["code"] == 50 and "no free address" in err["msg"]
 
 
-def test_calico_plugin_delegates_status_and_gc(tmp_path: Path) -> None:
+def test_calico_plugin_delegates_status_and_gc(etcd_store: Store) -> None:
     """STATUS and GC to the calico plugin reach its IPAM (spec: delegates get both)."""
-    calico_ipam(tmp_path, "ADD", "leak", pool="10.8.0.0/30")
-    conf = {"cniVersion": "1.1.0", "name": "calico", "type": "calico",
-            "ipam": {"type": "calico-ipam", "datastore": str(tmp_path / "store"),
-                     "pool": "10.8.0.0/30", "blockSize": 30, "node": "node-1"}}
+    calico_ipam(etcd_store, "ADD", "leak", pool="10.8.0.0/30")
+    conf = {"cniVersion": "1.1.0", "name": "calico", "type": "calico", **etcd_store.conf(),
+            "nodename": "node-1",
+            "ipam": {"type": "calico-ipam", "ipv4_pools": ["10.8.0.0/30"], "blockSize": 30}}
     env = {"CNI_PATH": KNETLAB_PLUGINS, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
 
     def run(command: str) -> tuple[int, str]:
         p = subprocess.run([str(Path(KNETLAB_PLUGINS) / "calico")], input=json.dumps(conf),
                            env={**env, "CNI_COMMAND": command}, capture_output=True, text=True)
         return p.returncode, p.stdout
-    calico_ipam(tmp_path, "ADD", "other", pool="10.8.0.0/30")  # the /30's 2nd and last
+    calico_ipam(etcd_store, "ADD", "other", pool="10.8.0.0/30")  # the /30's 2nd and last
     code, out = run("STATUS")
     assert code == 1 and json.loads(out)["code"] == 50
     assert run("GC") == (0, "")

@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from knetlab.cluster import Cluster
-from knetlab.store import lab_store
+from knetlab.cni.plugins.ovs import OVS_PODS
+from knetlab.labstore import lab_store
 from tests.conftest import needs_root, poll, running_lab
 from tests.test_kube_lab import Kubectl, kubectls
 
@@ -125,14 +126,14 @@ def test_pods_created_at_once_reach_each_other(ovs_lab: Cluster) -> None:
     assert not bad, f"unreachable (source: what): {bad}"
 
     # One registry entry per attachment: the three pods named ``a`` on node-1 have three.
-    store = lab_store(c.rundir.path)
-    entries = [v for v in store.list("ovs/pods").values()
+    store = lab_store(c.rundir)
+    entries = [v for v in store.list(OVS_PODS).values()
                if v["name"] == "a" and v["node"] == "node-1"]
     assert sorted(e["namespace"] for e in entries) == list(NAMESPACES), entries
 
     # Deleting x/a (its CNI DEL) leaves y/a and z/a with their flows.
     k("delete", "pod", "a", "-n", "x", "--wait=true", "--timeout=30s")
-    poll(lambda: len([v for v in store.list("ovs/pods").values() if v["name"] == "a"
+    poll(lambda: len([v for v in store.list(OVS_PODS).values() if v["name"] == "a"
                       and v["node"] == "node-1"]) == 2, 20, "x/a's registry entry removed")
     rest = {key: p for key, p in pods.items() if key != "x/a"}
     c.backend.wait_programmed()

@@ -14,6 +14,7 @@ from typing import Any
 
 from knetlab.bench import write_csv
 from knetlab.cluster import Cluster
+from knetlab.cni.plugins.ovs import OVS_PODS
 from knetlab.measure import iperf3, rtt
 from knetlab.topologies.schema import load_topology
 
@@ -41,16 +42,18 @@ def _flow_latency(c: Cluster) -> dict[str, float]:
     base = int(node.spec.pod_gateway.split(".")[-1])
     prefix = node.spec.pod_gateway.rsplit(".", 1)[0]
     t0 = time.monotonic()
+    rev = 0
     for i in range(PODS_FOR_FLOWS):
         ip = f"{prefix}.{base + 100 + i}"
-        c.store.put(f"ovs/pods/bench-{i}", {"name": f"bench-{i}", "node": "node-1", "ip": ip})
+        rev = c.store.put(f"{OVS_PODS}bench-{i}", {"name": f"bench-{i}", "node": "node-1",
+                                                   "ip": ip})
     written = time.monotonic() - t0
-    c.backend.wait_programmed(timeout=60)
+    c.backend.wait_programmed(timeout=60, since=rev)
     added = time.monotonic() - t0
     t1 = time.monotonic()
     for i in range(PODS_FOR_FLOWS):
-        c.store.delete(f"ovs/pods/bench-{i}")
-    c.backend.wait_programmed(timeout=60)
+        rev = c.store.delete(f"{OVS_PODS}bench-{i}")
+    c.backend.wait_programmed(timeout=60, since=rev)
     return {"store_write_s": round(written, 3), "flows_100_pods_s": round(added, 3),
             "remove_100_pods_s": round(time.monotonic() - t1, 3)}
 

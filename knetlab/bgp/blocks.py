@@ -1,8 +1,9 @@
 """A node's IPAM blocks as BGP announcements and kernel blackholes (Calico's BIRD export).
 
-Runs inside the node's route installer (ExaBGP's API program): a thread watches the lab
-store's claims revision, reads the blocks affine to this node (written by ``calico-ipam``),
-and keeps two things level-triggered:
+Runs inside the node's route installer (ExaBGP's API program): a thread watches the node's
+affinity keys in the lab's etcd (``/calico/ipam/v2/host/<node>/``, written when
+``calico-ipam`` claims or frees a block, not when it hands out an address), reads the
+blocks affine to this node, and keeps two things level-triggered:
 
 - ExaBGP announces the blocks, aggregated where they are adjacent, next hop = node IP
   (``announce route``; withdrawn when a block goes);
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 from collections.abc import Callable
 
-from knetlab.cni.plugins.calico_ipam import BlockStore, node_blocks
-from knetlab.store import DirWatch
+from knetlab.cni.plugins.calico_ipam import BlockStore, affinity_prefix
+from knetlab.store import Store, StoreError
 
-SAFETY_NET = 5.0  # seconds: look again even if inotify said nothing
+SAFETY_NET = 5.0  # seconds: look again even if the watch said nothing
+RETRY = 1.0  # seconds between attempts while the store is unreachable
 
 
 def aggregate(cidrs: list[str]) -> list[str]:
@@ -36,14 +39,20 @@ class BlockAnnouncer:
     def __init__(self, store: str, node: str, next_hop: str,
                  emit: Callable[[str], None], on_own: Callable[[set[str]], None],
                  ip: Callable[[list[str]], None]) -> None:
-        self.store, self.node, self.next_hop = BlockStore(store), node, next_hop
+        self.store, self.node, self.next_hop = BlockStore(Store.from_arg(store)), node, next_hop
         self.emit, self.on_own, self.ip = emit, on_own, ip  # ip: the installer's ip -batch
         self.announced: list[str] = []
         self.blocks: set[str] = set()
         self.lock = threading.Lock()
 
     def read_blocks(self) -> set[str]:
-        return {b["cidr"] for b in node_blocks(self.store, self.node)}
+        return self.read_blocks_at()[1]
+
+    def read_blocks_at(self) -> tuple[int, set[str]]:
+        """(revision of the read, the cidrs of the node's blocks): affinity keys only."""
+        rev, kvs = self.store.store.range(affinity_prefix(self.node), prefix=True,
+                                          keys_only=True)
+        return rev, {k.rpartition("/")[2].replace("-", "/") for k, _v, _r, _l in kvs}
 
     def reconcile(self, blocks: set[str]) -> None:
         """Announce / withdraw the aggregates and set blackholes for ``blocks``."""
@@ -68,20 +77,17 @@ class BlockAnnouncer:
                 self.emit(f"neighbor {peer} announce route {prefix} next-hop {self.next_hop}")
 
     def run(self) -> None:
-        # Sleep on inotify (the store's revision files are renamed into place): a hundred
-        # idle installers polling at 10 Hz cost a tenth of the machine. The timeout is
-        # only a safety net.
-        watch = DirWatch(self.store.root)
-        rev = self.store.claims_revision(self.node)
-        self.reconcile(self.read_blocks())
+        # Sleep in an etcd watch of the node's affinities: a hundred idle installers
+        # polling at 10 Hz would cost a tenth of the machine. Level-triggered: every wake
+        # (or SAFETY_NET) re-reads the affinities, so a lost event cannot drift.
         while True:
-            watch.sleep(SAFETY_NET)
-            now = self.store.claims_revision(self.node)
-            if now != rev:
-                rev = now
-                blocks = self.read_blocks()
+            try:
+                rev, blocks = self.read_blocks_at()
                 if blocks != self.blocks:
                     self.reconcile(blocks)
+                self.store.store.wait(affinity_prefix(self.node), rev, SAFETY_NET)
+            except StoreError:
+                time.sleep(RETRY)  # etcd restarting or going down with the lab
 
     def start(self) -> None:
         threading.Thread(target=self.run, daemon=True, name="blocks").start()

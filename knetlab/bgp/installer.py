@@ -3,7 +3,7 @@ protocol). Reads ExaBGP's JSON on stdin, keeps every peer's routes apart (two re
 are independent), and applies announces, withdraws and peer-down to the kernel.
 
     python -m knetlab.bgp.installer --pool 10.244.0.0/16 --self 192.168.0.11 \
-        [--own 10.244.1.0/24] [--store RUN/store --node node-1] \
+        [--own 10.244.1.0/24] [--store ETCD_URL --node node-1] \
         [--encap ipip|ipip-crosssubnet]
 
 With ``--store`` the node's IPAM blocks are announced from here (knetlab/bgp/blocks.py),
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--self", dest="self_ips", action="append", default=[])
     p.add_argument("--own", action="append", default=[])
     p.add_argument("--encap", default="none", choices=["none", "ipip", "ipip-crosssubnet"])
-    p.add_argument("--store", help="the lab store: announce this node's IPAM blocks")
+    p.add_argument("--store", help="the lab store (Store.to_arg): announce this node's "
+                   "IPAM blocks")
     p.add_argument("--node", help="the node whose blocks to announce (with --store)")
     args = p.parse_args(argv)
     table = PeerTable(os.environ.get("KNETLAB_BGP_STATE"))

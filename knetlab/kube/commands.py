@@ -64,10 +64,14 @@ def cmd_kubectl(args: argparse.Namespace) -> int:
 
 
 def cmd_etcdctl(args: argparse.Namespace) -> int:
-    from knetlab.kube.etcd import etcdctl_tls_args
-    kube = kube_state(None)
-    tls = etcdctl_tls_args(Path(kube["kubeconfig"]).parent) if kube["etcd"].startswith(
-        "https") else []
-    os.execvpe("etcdctl", ["etcdctl", "--endpoints", kube["etcd"], *tls, *args.args],
+    # Every lab has an etcd (its control-plane store, knetlab/labstore.py), Kubernetes or not.
+    from knetlab.kube.etcd import EtcdDaemon, etcdctl_tls_args
+    from knetlab.labstore import OWNER, lab_store
+    from knetlab.rundir import running_lab
+    rd, _ = running_lab(os.environ.get("KNETLAB_CLUSTER"))
+    lab_store(rd)  # says so if the lab has no etcd
+    etcd = EtcdDaemon(rd, OWNER)
+    tls = etcdctl_tls_args(etcd.kube_dir) if etcd.tls else []
+    os.execvpe("etcdctl", ["etcdctl", "--endpoints", etcd.client_url, *tls, *args.args],
                {**os.environ, "ETCDCTL_API": "3"})
     return 0  # not reached

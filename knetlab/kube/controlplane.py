@@ -39,12 +39,15 @@ KUBELET_STOP_S = 15.0  # a kubelet's own teardown of its pods (CNI DEL each) bef
 
 
 class ControlPlane:
-    def __init__(self, rundir: RunDir, spec: ClusterSpec) -> None:
+    def __init__(self, rundir: RunDir, spec: ClusterSpec,
+                 etcd: EtcdDaemon | None = None) -> None:
         self.rundir, self.spec = rundir, spec
         self.kube_dir = rundir.path / "kube"
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
-        self.etcd = EtcdDaemon(rundir, OWNER)
+        # The lab's etcd, when the lab runs it (its control-plane store); else our own.
+        self.etcd = etcd or EtcdDaemon(rundir, OWNER)
+        self.owns_etcd = etcd is None
         self.apiserver: Daemon | None = None
         self.controllers: Daemon | None = None
         self.kubelets: dict[str, Daemon] = {}
@@ -84,7 +87,8 @@ class ControlPlane:
 
         make_pki(self.kube_dir, self.server, self.rundir.cluster,
                  ips=(str(self.spec.service_cidr.network_address + 1),))
-        self.etcd.start()  # the API server needs it at once
+        if self.owns_etcd:
+            self.etcd.start()  # the API server needs it at once
         self.apiserver = ApiServerDaemon(
             self.rundir, OWNER, etcd_url=self.etcd.client_url, port=self.port,
             service_cidr=str(self.spec.service_cidr))
@@ -196,7 +200,7 @@ class ControlPlane:
         stop_pids([(d.pid, d.match()) for d in kubelets if d.pid], timeout=KUBELET_STOP_S)
         for d in kubelets:
             d.stop()  # reaps and removes the pid file
-        for d in [self.controllers, self.apiserver, self.etcd]:
+        for d in [self.controllers, self.apiserver, self.etcd if self.owns_etcd else None]:
             if d is not None:
                 try:
                     d.stop()

@@ -34,6 +34,7 @@ from knetlab.rundir import RunDir
 log = logging.getLogger("knetlab.kube.etcd")
 
 COMPACTION_RETENTION = 20000  # revisions kept for watchers resuming after a pause
+SOCKET = "client.sock:0"  # etcd's unix listener (EtcdDaemon.socket_url), in its cwd
 
 
 def free_port() -> int:
@@ -72,9 +73,18 @@ class EtcdDaemon(Daemon):
     def client_url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
+    @property
+    def socket_url(self) -> str:
+        """The lab store's endpoint: a unix socket (root only) in etcd's dir, reachable from
+        every node's namespace, where agents and CNI plugins run and 127.0.0.1 is not
+        this one. Plain HTTP: a file system permission guards it, and no TLS handshake
+        is paid per CNI call. (etcd names it ``host:port``, relative to its cwd.)"""
+        return f"unix://{self.dir / SOCKET}"
+
     def command(self) -> list[str]:
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         self.data_dir.chmod(0o700)
+        (self.dir / SOCKET).unlink(missing_ok=True)  # a killed etcd's: it would not bind
         peer = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.peer_port}"
         tls: list[str] = []
         if self.tls:
@@ -85,14 +95,17 @@ class EtcdDaemon(Daemon):
                         f"--{side}trusted-ca-file", str(k / "ca.crt"),
                         f"--{side}client-cert-auth"]
         return ["etcd", "--name", "knetlab", "--data-dir", str(self.data_dir), *tls,
-                "--listen-client-urls", self.client_url,
+                "--listen-client-urls", f"{self.client_url},unix://{SOCKET}",
                 "--advertise-client-urls", self.client_url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"knetlab={peer}",
                 "--initial-cluster-token", f"knetlab-{self.rundir.cluster}",
                 "--auto-compaction-mode", "revision",
                 "--auto-compaction-retention", str(COMPACTION_RETENTION),
-                "--snapshot-count", "20000", "--logger", "zap", "--log-level", "warn"]
+                "--snapshot-count", "20000", "--logger", "zap", "--log-level", "warn",
+                # One member, no peers: it elects itself after the election timeout, which
+                # is all of its boot time at the default 1 s (every lab waits for it).
+                "--heartbeat-interval", "20", "--election-timeout", "100"]
 
     def is_ready(self) -> bool:
         ctx = client_ssl(self.kube_dir) if self.tls else None

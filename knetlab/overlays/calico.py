@@ -9,7 +9,7 @@
   IPIP, before anything is built); ``bgp.ipipMode: CrossSubnet`` tunnels only to next
   hops off the node's subnet.
 - ``calico-vxlan``: Calico's VXLAN mode, no BGP needed: ``vxlan.calico`` (VNI 4096, UDP
-  4789) programmed from the IPAM blocks in the lab's store; ``mode: CrossSubnet`` routes
+  4789) programmed from the IPAM blocks in the lab's etcd; ``mode: CrossSubnet`` routes
   natively inside a rack and encapsulates only between racks.
 
 All three take pod addresses from calico-ipam blocks of one pool (``pool``, ``blockSize``).
@@ -31,13 +31,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from knetlab.bgp.bird import Bird, BirdConfig
 from knetlab.bgp.blocks import aggregate
 from knetlab.bgp.exabgp import MEMBERS_FILE, ExaBGP, Neighbor, SpeakerConfig
-from knetlab.cni.plugins.calico_ipam import BlockStore, allocate, claim_block, node_blocks
+from knetlab.cni.plugins.calico_ipam import (
+    HOSTS,
+    BlockStore,
+    allocate,
+    claim_block,
+    node_blocks,
+    tunnel_handle,
+)
 from knetlab.daemon import DaemonError
 from knetlab.dataplane import Backend, register
 from knetlab.errors import KnetlabError
 from knetlab.nodes.host import NetnsHost
 from knetlab.routes import reconcile_routes
-from knetlab.store import DirWatch
+from knetlab.store import StoreError
 from knetlab.topologies.schema import NODE_HOST_OFFSET
 from knetlab.vxlan import VxlanDevice
 from knetlab.watchdog import Watchdog
@@ -45,6 +52,7 @@ from knetlab.watchdog import Watchdog
 if TYPE_CHECKING:
     from knetlab.daemon import Daemon
     from knetlab.nodes.k8snode import K8sNode
+    from knetlab.store import Store
     from knetlab.topologies.fields import Fields
     from knetlab.topologies.schema import ClusterSpec
 
@@ -74,13 +82,20 @@ def pool_settings(spec: ClusterSpec, f: Fields) -> tuple[str, int]:
     return pool, size
 
 
-def calico_cni_config(store: str, node: K8sNode, pool: str, size: int,
-                      mtu: int) -> dict[str, Any]:
-    """The calico plugin (veth, /32 host route) with calico-ipam (affine blocks)."""
-    return {"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [{
-        "type": "calico", "mtu": mtu,
-        "ipam": {"type": "calico-ipam", "datastore": store, "pool": pool,
-                 "blockSize": size, "node": node.name}}]}
+def calico_cni_config(store: Store, node: K8sNode, pool: str, size: int,
+                      mtu: int, kubeconfig: str = "") -> dict[str, Any]:
+    """The calico plugin (veth, /32 host route) with calico-ipam (affine blocks), laid out
+    as Calico's ``10-calico.conflist`` with the etcd datastore: ``etcd_endpoints`` and the
+    client certificate, ``nodename``, ``ipam: {type: calico-ipam}``, ``policy``."""
+    plugin: dict[str, Any] = {
+        "type": "calico", "log_level": "info", **store.conf(), "nodename": node.name,
+        "mtu": mtu,
+        "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "ipv4_pools": [pool],
+                 "blockSize": size},
+        "policy": {"type": "k8s"}}
+    if kubeconfig:
+        plugin["kubernetes"] = {"kubeconfig": kubeconfig}
+    return {"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [plugin]}
 
 
 class CalicoIpamBackend(Backend):
@@ -90,35 +105,29 @@ class CalicoIpamBackend(Backend):
     #: knetlab's own plugins: not among the reference ones (``cni: reference`` is refused)
     cni_plugins: ClassVar[tuple[str, ...]] = ("calico", "calico-ipam")
 
-    def __init__(self, cluster: Any) -> None:
-        super().__init__(cluster)
-        self._all_blocks: tuple[str, dict[str, list[str]]] = ("", {})
-
     def block_store(self) -> BlockStore:
         assert self.cluster.store
-        return BlockStore(str(self.cluster.store.root))
+        return BlockStore(self.cluster.store)
 
     def all_blocks(self) -> dict[str, list[str]]:
-        """node -> its (aggregated) blocks, read again when a block changed hands."""
-        store = self.block_store()
-        rev = store.claims_revision()
-        if self._all_blocks[0] != rev or not rev:
-            out: dict[str, list[str]] = {}
-            for b in store.blocks():
-                out.setdefault(b["node"], []).append(b["cidr"])
-            self._all_blocks = (rev, {n: aggregate(cidrs) for n, cidrs in out.items()})
-        return self._all_blocks[1]
+        """node -> its (aggregated) blocks, from the affinity keys (one keys-only read)."""
+        out: dict[str, list[str]] = {}
+        for cidr, node in self.block_store().affinities().items():
+            out.setdefault(node, []).append(cidr)
+        return {n: aggregate(cidrs) for n, cidrs in out.items()}
 
     def cni_config(self, node: K8sNode) -> dict[str, Any]:
         assert self.cluster.store
-        return calico_cni_config(str(self.cluster.store.root), node, self.settings["pool"],
-                                 self.settings["block_size"], self.MTU)
+        control = getattr(self.cluster, "control", None)
+        kubeconfig = str(control.kubeconfig) if control is not None else ""
+        return calico_cni_config(self.cluster.store, node, self.settings["pool"],
+                                 self.settings["block_size"], self.MTU, kubeconfig)
 
     def release_blocks(self, node: K8sNode) -> None:
         """The node is gone: its blocks go back to the pool."""
-        with self.block_store() as store:
-            for block in node_blocks(store, node.name):
-                store.remove(block["cidr"])
+        store = self.block_store()
+        for block in node_blocks(store, node.name):
+            store.remove(block)
 
     def describe_node(self, node: K8sNode) -> dict[str, Any]:
         return {"blocks": self.all_blocks().get(node.name, [])}
@@ -345,7 +354,7 @@ class CalicoBgpBackend(CalicoIpamBackend):
         assert self.cluster.store
         args = ["knetlab.bgp.installer", "--pool", self.settings["pool"], "--self", me,
                 "--encap", "ipip-crosssubnet" if self.settings["ipip_mode"] == "CrossSubnet"
-                else self.encap, "--store", str(self.cluster.store.root),
+                else self.encap, "--store", self.cluster.store.to_arg(),
                 "--node", node.name]
         # Service ranges from every node, next hop itself (Calico's service advertisement:
         # the fabric spreads the traffic over the nodes; kube-proxy takes it from there).
@@ -366,10 +375,9 @@ class CalicoBgpBackend(CalicoIpamBackend):
     def setup_node(self, node: K8sNode) -> None:
         # A joining node claims its first block at once (its speaker has something to
         # announce); calico-ipam claims more when the node's pods fill it.
-        with self.block_store() as store:
-            if not node_blocks(store, node.name):
-                claim_block(store, self.settings["pool"], self.settings["block_size"],
-                            node.name)
+        store = self.block_store()
+        if not node_blocks(store, node.name):
+            claim_block(store, self.settings["pool"], self.settings["block_size"], node.name)
         self.prepare_node(node)
 
     def prepare_node(self, node: K8sNode) -> None:
@@ -472,9 +480,10 @@ class CalicoBgpBackend(CalicoIpamBackend):
         quarter of a core from the speakers it waits for."""
         blocks, nodes = self.all_blocks(), self.cluster.k8s_nodes()
         members = tuple(n.name for n in nodes)
+        held = tuple(sorted((node, tuple(cidrs)) for node, cidrs in blocks.items()))
         for n in nodes:
             learned = self.learned(n.name)
-            seen = (self._learned.get(n.name, (None,))[0], self._all_blocks[0], members)
+            seen = (self._learned.get(n.name, (None,))[0], held, members)
             if self._node_ok.get(n.name) == seen:
                 continue
             if not learned >= self.expected(n, blocks):
@@ -572,9 +581,8 @@ class CalicoIpipBackend(CalicoBgpBackend):
         # tunl0 appears when the ipip module loads; give it the node's block gateway so
         # replies leave with a pod-network source, and the pod MTU minus 20 bytes.
         # tunl0's address comes from the node's block, as Calico's IPAM gives it one.
-        with self.block_store() as store:
-            ip = allocate(store, self.settings["pool"], self.settings["block_size"],
-                          node.name, "ipip-tunnel-addr")
+        ip = allocate(self.block_store(), self.settings["pool"], self.settings["block_size"],
+                      node.name, tunnel_handle("ipip", node.name))
         node.ip_batch([f"link set tunl0 up mtu {self.MTU}", f"addr replace {ip}/32 dev tunl0"],
                       context=f"set up tunl0 on {node.name}")
 
@@ -597,7 +605,6 @@ class CalicoVxlanBackend(CalicoIpamBackend):
     section: ClassVar[str | None] = "vxlan"
     kernel_features: ClassVar[tuple[str, ...]] = ("vxlan",)
     DEV, VNI, PORT, MTU = "vxlan.calico", 4096, 4789, 1450
-    TUNNEL_HANDLE = "vxlan-tunnel-addr"
 
     @classmethod
     def validate(cls, spec: ClusterSpec, f: Fields) -> dict[str, Any]:
@@ -618,9 +625,8 @@ class CalicoVxlanBackend(CalicoIpamBackend):
             + ":01"
 
     def setup_node(self, node: K8sNode) -> None:
-        with self.block_store() as store:
-            vtep = allocate(store, self.settings["pool"], self.settings["block_size"],
-                            node.name, self.TUNNEL_HANDLE)
+        vtep = allocate(self.block_store(), self.settings["pool"],
+                        self.settings["block_size"], node.name, tunnel_handle("vxlan", node.name))
         self.device(node, vtep).ensure(node.netns)
 
     def device(self, node: K8sNode, vtep: str | None = None) -> VxlanDevice:
@@ -631,10 +637,10 @@ class CalicoVxlanBackend(CalicoIpamBackend):
         return self.settings["mode"] == "Always" or a.spec.rack != b.spec.rack
 
     def vteps(self) -> dict[str, str]:
-        """node -> its VTEP address (the allocation made under TUNNEL_HANDLE)."""
+        """node -> its VTEP address (the allocation of its ``vxlan-tunnel-addr-<node>``)."""
         return {b["node"]: ip for b in self.block_store().blocks()
                 for ip, handle in b.get("allocations", {}).items()
-                if handle == self.TUNNEL_HANDLE}
+                if handle == tunnel_handle("vxlan", b["node"])}
 
     def sync(self) -> None:
         with self.lock:
@@ -659,13 +665,17 @@ class CalicoVxlanBackend(CalicoIpamBackend):
             self.watcher.start()
 
     def _watch(self) -> None:
-        """Felix's part: re-sync when a block changes hands (claims bump their revision)."""
-        store = self.block_store()
-        watch = DirWatch(store.root)
-        seen = store.claims_revision()
+        """Felix's part: re-sync when a block changes hands (an etcd watch of every node's
+        affinity keys: an address handed out changes none)."""
+        assert self.cluster.store
+        store = self.cluster.store
+        seen = store.revision()
         while not self.stopping.is_set():
-            watch.sleep(1.0)
-            now = store.claims_revision()
+            try:
+                now = store.wait(HOSTS, seen, 1.0)
+            except StoreError:
+                self.stopping.wait(1.0)  # etcd going down with the lab
+                continue
             if now != seen and not self.stopping.is_set():
                 seen = now
                 try:

@@ -1,38 +1,47 @@
-"""calico-ipam: pod addresses from affine blocks of a pool, kept in the lab's store.
+"""calico-ipam: pod addresses from affine blocks of a pool, kept in the lab's etcd.
 
 As Calico's IPAM: the pool (e.g. 10.244.0.0/16) is cut into blocks (``blockSize``, /26 by
 default); a node claims a block (affinity ``host:<node>``) and hands out its addresses; a
-node whose blocks are full claims another. A block is one store key
-``ipam/blocks/<net>-<len>`` holding its cidr, node and allocations (address -> handle).
+node whose blocks are full claims another. The keys are those of Calico's etcd datastore:
 
-This runs as a separate CNI process, so it reads and writes the store's files directly
-(``<store>/<key>.json``, the store's ``.lock`` and ``.revision``; see knetlab/store.py,
-and ``.ipam-claims``, bumped only when a block changes hands):
-every read-modify-write happens under the store lock, which makes a claim atomic even
-when two nodes' plugins race for the same block. Stdlib only (``python3 -S``).
+- ``/calico/ipam/v2/assignment/ipv4/block/10.244.0.0-26``: the block (``cidr``,
+  ``affinity``, ``allocations``: per address the index of its attribute or null,
+  ``unallocated``, ``attributes``: ``handle_id`` and ``secondary``);
+- ``/calico/ipam/v2/host/<node>/ipv4/block/10.244.0.0-26``: the node's affinity to it;
+- ``/calico/ipam/v2/handle/<handle>``: which block holds a handle's address.
+
+Handles are Calico's: ``<network name>.<container ID>`` for a pod,
+``vxlan-tunnel-addr-<node>`` / ``ipip-tunnel-addr-<node>`` for a node's tunnel address.
+
+This runs as a separate CNI process, stdlib only (``python3 -S``), and speaks to etcd
+with knetlab.store. Writes are optimistic: read a block with its ``mod_revision``, change
+it, and write it in a transaction that compares that revision (a claim compares
+``create_revision == 0``); a loser re-reads and retries. So two nodes' plugins racing for
+the same block or address never both win, without any lock.
 
 STATUS fails (50) when the node can get no address (its blocks full, no block left);
 GC releases the node's pod allocations of attachments no longer valid.
 
-ipam config: ``{"type": "calico-ipam", "datastore": "<run dir>/store", "pool":
-"10.244.0.0/16", "blockSize": 26, "node": "node-1"}``.
+Network configuration, as Calico's (``etcd_*`` and ``nodename`` at the top level, where
+the calico plugin has them too)::
+
+    {"type": "calico", "etcd_endpoints": "https://127.0.0.1:2379", "etcd_ca_cert_file": ...,
+     "etcd_cert_file": ..., "etcd_key_file": ..., "nodename": "node-1",
+     "ipam": {"type": "calico-ipam", "assign_ipv4": "true",
+              "ipv4_pools": ["10.244.0.0/16"], "blockSize": 26}}
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-
-from knetlab.cni.netutil import int_to_ip, parse_cidr
+from knetlab.cni.netutil import int_to_ip, ip_to_int, parse_cidr
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import (
     INVALID_CONFIG,
     PLUGIN_NOT_AVAILABLE,
     CNIError,
     convert_result,
-    dumps,
-    loads,
 )
+from knetlab.store import Store, StoreError, delete_op, put_op
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -40,101 +49,121 @@ if TYPE_CHECKING:
     from typing import Any
 
 NO_ADDRESS = 100  # plugin-specific code: the pool is full
-PREFIX = "ipam/blocks"
-CLAIMS = ".ipam-claims"  # the claims' own revision (see BlockStore.claims_revision)
+IPAM = "/calico/ipam/v2"
+BLOCKS = f"{IPAM}/assignment/ipv4/block/"
+HOSTS = f"{IPAM}/host/"
+HANDLES = f"{IPAM}/handle/"
+RETRIES = 100  # optimistic writes lost to racing writers before giving up
+
+
+def _name(cidr: str) -> str:
+    return cidr.replace("/", "-")
 
 
 def block_key(cidr: str) -> str:
-    return f"{PREFIX}/{cidr.replace('/', '-')}"
+    return BLOCKS + _name(cidr)
+
+
+def affinity_prefix(node: str) -> str:
+    return f"{HOSTS}{node}/ipv4/block/"
+
+
+def affinity_key(node: str, cidr: str) -> str:
+    return affinity_prefix(node) + _name(cidr)
+
+
+def handle_key(handle: str) -> str:
+    return HANDLES + handle
+
+
+def tunnel_handle(kind: str, node: str) -> str:
+    """A node's tunnel address handle, as Calico names it (``vxlan-tunnel-addr-node-1``)."""
+    return f"{kind}-tunnel-addr-{node}"
+
+
+# -- Calico's block record <-> knetlab's view of it -------------------------------------
+def to_calico(block: dict[str, Any]) -> dict[str, Any]:
+    """The AllocationBlock as Calico's etcd datastore stores it."""
+    first, last = _span(block["cidr"])
+    allocations: list[int | None] = [None] * (last - first + 1)
+    attributes = []
+    for ip, handle in sorted(block["allocations"].items(), key=lambda kv: ip_to_int(kv[0])):
+        allocations[ip_to_int(ip) - first] = len(attributes)
+        attributes.append({"handle_id": handle, "secondary": None})
+    return {"cidr": block["cidr"], "affinity": f"host:{block['node']}",
+            "strictAffinity": False, "allocations": allocations,
+            "unallocated": [i for i, a in enumerate(allocations) if a is None],
+            "attributes": attributes, "deleted": False}
+
+
+def from_calico(raw: dict[str, Any], revision: int = 0) -> dict[str, Any]:
+    """knetlab's view: ``cidr``, ``node``, ``affinity``, ``allocations`` (address ->
+    handle) and ``revision`` (the key's mod_revision, for the write back)."""
+    first, _ = _span(raw["cidr"])
+    attrs = raw.get("attributes") or []
+    allocations = {int_to_ip(first + i): attrs[a]["handle_id"]
+                   for i, a in enumerate(raw.get("allocations") or []) if a is not None}
+    affinity = raw.get("affinity") or ""
+    return {"cidr": raw["cidr"], "node": affinity.partition("host:")[2],
+            "affinity": affinity, "allocations": allocations, "revision": revision}
 
 
 class BlockStore:
-    """The store's files, as a separate process sees them (same layout as store.Store)."""
+    """Calico's IPAM keys in the lab's etcd."""
 
-    def __init__(self, root: str) -> None:
-        self.root = root
-        os.makedirs(os.path.join(root, PREFIX), exist_ok=True)
-        self._lock_fd: int | None = None
-
-    def __enter__(self) -> BlockStore:
-        self._lock_fd = os.open(os.path.join(self.root, ".lock"), os.O_WRONLY | os.O_CREAT)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._lock_fd is not None
-        os.close(self._lock_fd)  # closing releases the flock
-        self._lock_fd = None
-
-    def _path(self, cidr: str) -> str:
-        return os.path.join(self.root, block_key(cidr) + ".json")
-
-    def read(self, cidr: str) -> dict[str, Any] | None:
-        try:
-            with open(self._path(cidr)) as f:
-                return loads(f.read())
-        except (OSError, ValueError):
-            return None
-
-    def write(self, block: dict[str, Any]) -> None:
-        path = self._path(block["cidr"])
-        claim = not os.path.exists(path)
-        with open(path + ".tmp", "w") as f:
-            f.write(dumps(block))
-        os.replace(path + ".tmp", path)
-        self._bump(".revision")
-        if claim:
-            self._bump(CLAIMS)
-            self._bump(f"{CLAIMS}-{block['node']}")
-
-    def remove(self, cidr: str) -> None:
-        block = self.read(cidr)
-        try:
-            os.unlink(self._path(cidr))
-        except FileNotFoundError:
-            return
-        self._bump(".revision")
-        self._bump(CLAIMS)
-        if block:
-            self._bump(f"{CLAIMS}-{block['node']}")
-
-    def _bump(self, name: str) -> None:
-        rev_path = os.path.join(self.root, name)
-        try:
-            with open(rev_path) as f:
-                rev = int(f.read())
-        except (OSError, ValueError):
-            rev = 0
-        with open(rev_path + ".tmp", "w") as f:
-            f.write(str(rev + 1))
-        os.replace(rev_path + ".tmp", rev_path)
-
-    def claims_revision(self, node: str = "") -> str:
-        """Bumped when a block (of ``node``, or any) is claimed or released, not when an
-        address is handed out: every node's speaker watches its own, and re-reading every
-        block on each pod's address or another node's claim made a 100-node lab do
-        O(nodes x blocks) file reads per pod and per join."""
-        try:
-            with open(os.path.join(self.root, f"{CLAIMS}-{node}" if node else CLAIMS)) as f:
-                return f.read()
-        except OSError:
-            return ""
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def blocks(self) -> list[dict[str, Any]]:
-        out = []
-        base = os.path.join(self.root, PREFIX)
-        for name in sorted(os.listdir(base)):
-            if name.endswith(".json"):
-                try:
-                    with open(os.path.join(base, name)) as f:
-                        out.append(loads(f.read()))
-                except (OSError, ValueError):
-                    continue
+        """Every block of every node, by address."""
+        _, kvs = self.store.range(BLOCKS, prefix=True)
+        out = [from_calico(v, rev) for _k, v, rev, _l in kvs]
+        return sorted(out, key=lambda b: ip_to_int(b["cidr"].partition("/")[0]))
+
+    def affinities(self) -> dict[str, str]:
+        """block cidr -> node, from the affinity keys alone (no block is read)."""
+        _, kvs = self.store.range(HOSTS, prefix=True, keys_only=True)
+        out = {}
+        for key, _v, _r, _l in kvs:
+            node, _, name = key[len(HOSTS):].partition("/ipv4/block/")
+            out[name.replace("-", "/")] = node
         return out
+
+    def node_blocks(self, node: str) -> list[dict[str, Any]]:
+        _, kvs = self.store.range(affinity_prefix(node), prefix=True, keys_only=True)
+        out = []
+        for key, _v, _r, _l in kvs:
+            raw, rev = self.store.get_kv(BLOCKS + key.rpartition("/")[2])
+            if raw is not None:
+                out.append(from_calico(raw, rev))
+        return out
+
+    def write(self, block: dict[str, Any], also: list[dict[str, Any]] | None = None) -> bool:
+        """Write the block back if nobody changed it since it was read (``revision``)."""
+        return self.store.put_if(block_key(block["cidr"]), to_calico(block),
+                                 block["revision"], also)
+
+    def claim(self, cidr: str, node: str) -> dict[str, Any] | None:
+        """Create the block with ``node``'s affinity, atomically; None if it exists."""
+        block = {"cidr": cidr, "node": node, "affinity": f"host:{node}", "allocations": {},
+                 "revision": 0}
+        if not self.store.create(block_key(cidr), to_calico(block),
+                                 also=[put_op(affinity_key(node, cidr), {"state": "confirmed",
+                                                                         "deleted": False})]):
+            return None
+        _, block["revision"] = self.store.get_kv(block_key(cidr))
+        return block
+
+    def remove(self, block: dict[str, Any]) -> None:
+        """The block back to the pool, with its affinity and its handles."""
+        ops = [delete_op(block_key(block["cidr"])),
+               delete_op(affinity_key(block["node"], block["cidr"]))]
+        ops += [delete_op(handle_key(h)) for h in set(block["allocations"].values())]
+        self.store.txn([], ops)
 
 
 def node_blocks(store: BlockStore, node: str) -> list[dict[str, Any]]:
-    return [b for b in store.blocks() if b.get("node") == node]
+    return store.node_blocks(node)
 
 
 def _span(cidr: str) -> tuple[int, int]:
@@ -157,14 +186,14 @@ def _subnets(pool: str, size: int) -> list[str]:
 
 
 def claim_block(store: BlockStore, pool: str, size: int, node: str) -> dict[str, Any]:
-    """Claim the first free block of the pool for ``node`` (call under the lock)."""
-    taken = {b["cidr"] for b in store.blocks()}
+    """Claim the first free block of the pool for ``node``; a block another node claims
+    first (the transaction fails) is skipped."""
+    taken = set(store.affinities())
     for net in _subnets(pool, size):
         if net not in taken:
-            block = {"cidr": net, "node": f"{node}", "affinity": f"host:{node}",
-                     "allocations": {}}
-            store.write(block)
-            return block
+            block = store.claim(net, node)
+            if block is not None:
+                return block
     raise CNIError(NO_ADDRESS, f"pool {pool} has no free /{size} block left for {node}")
 
 
@@ -175,72 +204,105 @@ def _usable(block: dict[str, Any], pool: str) -> list[str]:
     return [int_to_ip(ip) for ip in range(lo, hi + 1) if ip not in (first, last)]
 
 
+def _handle_op(handle: str, cidr: str) -> dict[str, Any]:
+    return put_op(handle_key(handle), {"handleID": handle, "block": {cidr: 1}, "deleted": False})
+
+
 def allocate(store: BlockStore, pool: str, size: int, node: str, handle: str) -> str:
     """An address for ``handle`` from the node's blocks, claiming one more when they are
-    full (call under the lock). Idempotent: a handle keeps its address."""
-    blocks = node_blocks(store, node)
-    for b in blocks:
-        for ip, h in b["allocations"].items():
-            if h == handle:
-                return ip
-    for b in [*blocks, None]:
-        if b is None:
-            b = claim_block(store, pool, size, node)
-        for ip in _usable(b, pool):
-            if ip not in b["allocations"]:
-                b["allocations"][ip] = handle
-                store.write(b)
-                return ip
-    raise CNIError(NO_ADDRESS, f"no address left for {node}")  # a /32 block of a net addr
+    full. Idempotent: a handle keeps its address. A write that loses a race re-reads."""
+    for _ in range(RETRIES):
+        blocks = store.node_blocks(node)
+        for b in blocks:
+            for ip, h in b["allocations"].items():
+                if h == handle:
+                    return ip
+        for b in blocks:
+            free = next((ip for ip in _usable(b, pool) if ip not in b["allocations"]), None)
+            if free is not None:
+                b["allocations"][free] = handle
+                if store.write(b, also=[_handle_op(handle, b["cidr"])]):
+                    return free
+                break  # someone else wrote the block: read again
+        else:
+            claim_block(store, pool, size, node)  # then allocate from it, next round
+    raise CNIError(NO_ADDRESS, f"no address for {handle} on {node}: {RETRIES} writes lost "
+                   "to racing writers")
 
 
 def release(store: BlockStore, node: str, handle: str) -> str | None:
-    for b in node_blocks(store, node):
-        for ip, h in list(b["allocations"].items()):
-            if h == handle:
+    """Free ``handle``'s address; the block keeps its affinity, as Calico's does."""
+    for _ in range(RETRIES):
+        for b in store.node_blocks(node):
+            ip = next((ip for ip, h in b["allocations"].items() if h == handle), None)
+            if ip is not None:
                 del b["allocations"][ip]
-                store.write(b)  # the block keeps its affinity, as Calico's does
-                return ip
-    return None
+                if store.write(b, also=[delete_op(handle_key(handle))]):
+                    return ip
+                break
+        else:
+            return None
+    raise CNIError(PLUGIN_NOT_AVAILABLE, f"could not release {handle}: {RETRIES} writes "
+                   "lost to racing writers")
 
 
-def _config(args: Args) -> tuple[dict[str, Any], str, int, str]:
-    ipam = args.conf.get("ipam")
+def _config(args: Args) -> tuple[BlockStore, str, int, str]:
+    conf = args.conf
+    ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
         raise CNIError(INVALID_CONFIG, "network configuration has no ipam section")
-    for key in ("datastore", "pool", "node"):
-        if not ipam.get(key):
-            raise CNIError(INVALID_CONFIG, f"calico-ipam: ipam.{key} is required")
+    pools = ipam.get("ipv4_pools") or []
+    if not pools or not isinstance(pools, list):
+        raise CNIError(INVALID_CONFIG, "calico-ipam: ipam.ipv4_pools (a list of CIDRs) "
+                       "is required")
+    node = conf.get("nodename") or ipam.get("nodename")
+    if not node:
+        raise CNIError(INVALID_CONFIG, "calico-ipam: nodename is required")
     size = int(ipam.get("blockSize", 26))
     if not 20 <= size <= 32:
         raise CNIError(INVALID_CONFIG, f"calico-ipam: blockSize {size} is not in 20..32")
-    return ipam, ipam["pool"], size, ipam["node"]
+    try:
+        store = Store.from_conf(conf)
+    except (StoreError, ValueError) as exc:
+        raise CNIError(INVALID_CONFIG, f"calico-ipam: {exc}") from None
+    return BlockStore(store), pools[0], size, node
 
 
 def _handle(args: Args) -> str:
-    return f"{args.container_id}/{args.ifname}"
+    """Calico's pod handle: ``<network name>.<container ID>``."""
+    return f"{args.conf.get('name', 'k8s-pod-network')}.{args.container_id}"
+
+
+def _unavailable(exc: StoreError) -> CNIError:
+    return CNIError(PLUGIN_NOT_AVAILABLE, "calico-ipam: the datastore is unusable", str(exc))
 
 
 def add(args: Args) -> dict[str, Any]:
-    ipam, pool, size, node = _config(args)
-    with BlockStore(ipam["datastore"]) as store:
+    store, pool, size, node = _config(args)
+    try:
         ip = allocate(store, pool, size, node, _handle(args))
+    except StoreError as exc:
+        raise _unavailable(exc) from None
     result = {"cniVersion": args.version, "ips": [{"address": f"{ip}/32"}],
               "routes": [], "dns": {}}
     return convert_result(result, args.version)
 
 
 def delete(args: Args) -> None:
-    ipam, _pool, _size, node = _config(args)
-    with BlockStore(ipam["datastore"]) as store:
+    store, _pool, _size, node = _config(args)
+    try:
         release(store, node, _handle(args))
+    except StoreError as exc:
+        raise _unavailable(exc) from None
 
 
 def check(args: Args) -> None:
-    ipam, _pool, _size, node = _config(args)
-    with BlockStore(ipam["datastore"]) as store:
-        found = any(h == _handle(args) for b in node_blocks(store, node)
+    store, _pool, _size, node = _config(args)
+    try:
+        found = any(h == _handle(args) for b in store.node_blocks(node)
                     for h in b["allocations"].values())
+    except StoreError as exc:
+        raise _unavailable(exc) from None
     if not found:
         raise CNIError(INVALID_CONFIG, f"calico-ipam: no address for {_handle(args)}")
 
@@ -248,22 +310,20 @@ def check(args: Args) -> None:
 def _free_address(store: BlockStore, pool: str, size: int, node: str) -> bool:
     """Could ``allocate`` hand out an address now: a free one in the node's blocks, or a
     block of the pool nobody has claimed?"""
-    for b in node_blocks(store, node):
+    for b in store.node_blocks(node):
         if any(ip not in b["allocations"] for ip in _usable(b, pool)):
             return True
-    taken = {b["cidr"] for b in store.blocks()}
+    taken = set(store.affinities())
     return any(net not in taken for net in _subnets(pool, size))
 
 
 def status(args: Args) -> None:
     """Ready when the datastore is usable and an address can be handed out."""
-    ipam, pool, size, node = _config(args)
+    store, pool, size, node = _config(args)
     try:
-        with BlockStore(ipam["datastore"]) as store:
-            free = _free_address(store, pool, size, node)
-    except OSError as exc:
-        raise CNIError(PLUGIN_NOT_AVAILABLE, "calico-ipam: the datastore is unusable",
-                       str(exc)) from None
+        free = _free_address(store, pool, size, node)
+    except StoreError as exc:
+        raise _unavailable(exc) from None
     except ValueError as exc:
         raise CNIError(INVALID_CONFIG, f"calico-ipam: {exc}") from None
     if not free:
@@ -272,20 +332,29 @@ def status(args: Args) -> None:
 
 
 def gc(args: Args) -> None:
-    """Release the node's pod allocations whose (container, ifname) is no valid attachment.
+    """Release the node's pod allocations whose container is no valid attachment.
 
-    Only CNI handles (``<containerID>/<ifname>``) are candidates: the tunnel addresses the
-    data plane allocates (``ipip-tunnel-addr``, ``vxlan-tunnel-addr``) are no attachment,
-    as Calico's GC leaves its tunnel handles alone. Blocks keep their affinity (as DEL)."""
-    ipam, _pool, _size, node = _config(args)
-    valid = {f"{cid}/{ifname}" for cid, ifname in args.valid_attachments()}
-    with BlockStore(ipam["datastore"]) as store:
-        for b in node_blocks(store, node):
-            stale = [ip for ip, h in b["allocations"].items() if "/" in h and h not in valid]
-            for ip in stale:
-                del b["allocations"][ip]
-            if stale:
-                store.write(b)
+    Only this network's pod handles (``<network>.<containerID>``) are candidates: the
+    tunnel addresses the data plane allocates (``vxlan-tunnel-addr-<node>``) are no
+    attachment, as Calico's GC leaves its tunnel handles alone. Blocks keep their
+    affinity (as DEL)."""
+    store, _pool, _size, node = _config(args)
+    net = f"{args.conf.get('name', 'k8s-pod-network')}."
+    valid = {net + cid for cid, _ifname in args.valid_attachments()}
+    try:
+        for _ in range(RETRIES):
+            lost = False
+            for b in store.node_blocks(node):
+                stale = [ip for ip, h in b["allocations"].items()
+                         if h.startswith(net) and h not in valid]
+                if not stale:
+                    continue
+                ops = [delete_op(handle_key(b["allocations"].pop(ip))) for ip in stale]
+                lost = lost or not store.write(b, also=ops)
+            if not lost:
+                return
+    except StoreError as exc:
+        raise _unavailable(exc) from None
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ the node's range) -> veth (MTU 1450, MACs derived from the address) -> pod side:
 default route via the pod gateway, ``ethtool -K eth0 tx off`` (the userspace datapath
 does not complete partial checksums) -> host side: an nft netdev ingress drop (the
 kernel must not also forward what OVS forwards) and the OVS port, with the ofport the
-pipeline expects -> the pod registered in the lab's store (``ovs/pods/PORT``), where the
-controller learns it -> wait (bounded) until the controller has programmed every switch.
+pipeline expects -> the pod registered in the lab's etcd (``/knetlab/ovs/pods/PORT``), where
+the controller learns it -> wait (bounded) until the controller has programmed every switch.
 
 The registry is keyed by the attachment (the host port, named from container id and
 interface, as CNI identifies an attachment), never by the pod's name: pods ``x/a`` and
@@ -17,8 +17,10 @@ If the controller is down, ADD still succeeds: the pod is in the store and gets 
 flows when the controller returns (as a pod waits for its CNI agent in a real cluster);
 STATUS says so (51). GC forgets the node's pods of attachments no longer valid.
 
-Options: ``bridge``, ``ovsdb`` (unix:PATH), ``mtu``, ``node``, ``podCIDR``, ``store``,
-``controllerStatus``, ``controllerPidFile``, ``flowWait`` (s, default 5), ``ipam``.
+Options: ``bridge``, ``ovsdb`` (unix:PATH), ``mtu``, ``node``, ``podCIDR``, the etcd
+store as Calico names it (``etcd_endpoints``, ``etcd_ca_cert_file``, ``etcd_cert_file``,
+``etcd_key_file``), ``controllerStatus``, ``controllerPidFile``, ``flowWait`` (s, default
+5), ``ipam``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ VETH_FAILED = 111
 FLOWS_LATE = 112
 POD_PORT_BASE = 100  # knetlab.overlays.ovs.pipeline.POD_PORT_BASE (not imported: start-up)
 NFT_TABLE = "knetlab_ovs"
-REQUIRED = ("ovsdb", "node", "podCIDR", "store", "ipam")
+REQUIRED = ("ovsdb", "node", "podCIDR", "etcd_endpoints", "ipam")
+OVS_NODES = "/knetlab/ovs/nodes/"  # the registry in the lab's etcd (backend: nodes)
+OVS_PODS = "/knetlab/ovs/pods/"  # (this plugin: pods)
 
 
 def _conf(args: Args) -> dict[str, Any]:
@@ -84,7 +88,7 @@ def _pod_name(args: Args) -> str:
 
 def _registry_key(args: Args) -> str:
     """The attachment's entry in the store: one per (container id, interface)."""
-    return f"ovs/pods/{host_veth_name(args.container_id, args.ifname)}"
+    return f"{OVS_PODS}{host_veth_name(args.container_id, args.ifname)}"
 
 
 def _run(argv: list[str], what: str, code: int, check: bool = True) -> str:
@@ -102,10 +106,8 @@ def _vsctl(conf: dict[str, Any], *args: str, check: bool = True) -> str:
 
 
 def _store(conf: dict[str, Any]) -> Any:
-    from pathlib import Path
-
     from knetlab.store import Store  # stdlib only
-    return Store(Path(conf["store"]))
+    return Store.from_conf(conf)
 
 
 def add(args: Args) -> dict[str, Any]:
@@ -201,7 +203,14 @@ def _unwire(args: Args, conf: dict[str, Any]) -> None:
 
 def delete(args: Args) -> None:
     conf = _conf(args)
-    _store(conf).delete(_registry_key(args))
+    from knetlab.store import StoreError
+    try:
+        _store(conf).delete(_registry_key(args))
+    except StoreError as exc:  # still undo what is local; then say so (DEL is retried)
+        _unwire(args, conf)
+        delegate(conf["ipam"]["type"], "DEL", conf)
+        raise CNIError(OVS_FAILED, "ovs: could not remove the pod from the registry",
+                       str(exc)) from None
     _unwire(args, conf)
     delegate(conf["ipam"]["type"], "DEL", conf)
 
@@ -241,7 +250,7 @@ def gc(args: Args) -> None:
     conf = _conf(args)
     ports = {host_veth_name(cid, ifname) for cid, ifname in args.valid_attachments()}
     store = _store(conf)
-    for key, pod in store.list("ovs/pods").items():
+    for key, pod in store.list(OVS_PODS).items():
         if pod.get("node") != conf["node"] or pod.get("port") in ports:
             continue
         store.delete(key)

@@ -155,21 +155,31 @@ class FlannelBackend(Backend):
         return {"leases": lambda _line: self.lease_table()}
 
     def lease_table(self) -> str:
-        return format_leases(subnet.leases(self.store), self.settings)
+        return format_leases(subnet.leases(self.store, with_ttl=True), self.settings,
+                             self.node_names())
+
+    def node_names(self) -> dict[str, str]:
+        """node IP -> node name (flanneld's leases name no node, only its PublicIP)."""
+        return {n.node_ip: n.name for n in self.cluster.k8s_nodes()}
 
     def describe(self) -> dict[str, Any]:
         daemons = [{"name": d.name, "owner": o, "pid": d.pid}
                    for table in (self.agents, self.forwarders) for o, d in table.items()]
-        return {"flannel": {"config": self.settings, "leases": subnet.leases(self.store)},
-                "daemons": daemons}
+        names = self.node_names()
+        leases = [{**lease, "node": names.get(lease["PublicIP"], "")}
+                  for lease in subnet.leases(self.store)]
+        return {"flannel": {"config": self.settings, "leases": leases}, "daemons": daemons}
 
 
-def format_leases(leases: list[dict[str, Any]], config: dict[str, Any]) -> str:
+def format_leases(leases: list[dict[str, Any]], config: dict[str, Any],
+                  names: dict[str, str]) -> str:
+    """The leases as a table; ``names``: node IP -> node name."""
     rows = [["SUBNET", "NODE", "PUBLIC-IP", "BACKEND", "BACKEND-DATA", "TTL"]]
     for lease in leases:
         data = ",".join(f"{k}={v}" for k, v in lease.get("BackendData", {}).items()) or "-"
-        rows.append([lease["subnet"], lease["node"], lease["PublicIP"], lease["BackendType"],
-                     data, f"{subnet.remaining(lease):.0f}s"])
+        ttl = lease.get("ttl", -1)
+        rows.append([lease["subnet"], names.get(lease["PublicIP"], "-"), lease["PublicIP"],
+                     lease["BackendType"], data, f"{ttl}s" if ttl >= 0 else "-"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     head = (f"flannel network {config['Network']} /{config['SubnetLen']} "
             f"backend {config['Backend']}")

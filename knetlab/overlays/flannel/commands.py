@@ -1,4 +1,4 @@
-"""``knetlab leases``: flannel's subnet leases of a running lab, read from its store."""
+"""``knetlab leases``: flannel's subnet leases of a running lab, read from its etcd."""
 
 from __future__ import annotations
 
@@ -18,18 +18,19 @@ def add_commands(sub: Any, cluster_arg: Callable[[argparse.ArgumentParser], None
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
+    from knetlab.labstore import lab_store
     from knetlab.overlays.flannel import subnet
     from knetlab.overlays.flannel.backend import format_leases
     from knetlab.rundir import running_lab
-    from knetlab.store import lab_store
-    rundir, _ = running_lab(args.cluster)
-    store = lab_store(rundir.path)
+    rundir, state = running_lab(args.cluster)
+    store = lab_store(rundir)
     config = store.get(subnet.CONFIG_KEY)
     if config is None:
         raise KnetlabError(f"lab {rundir.cluster} does not run a flannel data plane")
-    leases = subnet.leases(store)
+    leases = subnet.leases(store, with_ttl=True)
+    names = {n["ip"]: n["name"] for n in state.get("nodes", [])}
     if args.output == "json":
         print(json.dumps({"config": config, "leases": leases}, indent=2))
     else:
-        print(format_leases(leases, config))
+        print(format_leases(leases, config, names))
     return 0

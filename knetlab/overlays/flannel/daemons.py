@@ -24,7 +24,7 @@ class FlannelAgent(Daemon):
     def command(self) -> list[str]:
         n = self.node
         return [sys.executable, "-m", "knetlab.overlays.flannel.agent", "--run-dir",
-                str(self.dir), "--store", str(self.store.root), "--node", n.name,
+                str(self.dir), "--store", self.store.to_arg(), "--node", n.name,
                 "--subnet", n.spec.pod_cidr, "--public-ip", n.spec.ip, "--iface", n.uplink]
 
     def is_ready(self) -> bool:
@@ -44,7 +44,7 @@ class UdpForwarder(Daemon):
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "knetlab.overlays.flannel.udpfwd", "--run-dir",
-                str(self.dir), "--store", str(self.store.root), "--subnet",
+                str(self.dir), "--store", self.store.to_arg(), "--subnet",
                 self.node.spec.pod_cidr, "--subnet-len", str(self.subnet_len)]
 
     def is_ready(self) -> bool:

@@ -116,7 +116,7 @@ def desired_routes(local: Local, peers: list[dict[str, Any]]) -> dict[str, str]:
                                         and local.same_segment(ip)):
             if not local.same_segment(ip):
                 log.error("host-gw: peer %s (%s) is not on this node's L2 segment %s; "
-                          "no route", p["node"], ip, local.public_ip)
+                          "no route", p["subnet"], ip, local.public_ip)
                 continue
             out[p["subnet"]] = f"via {ip} dev {local.iface}"
         elif local.btype == "vxlan":

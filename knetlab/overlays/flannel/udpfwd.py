@@ -24,10 +24,11 @@ import socket
 import struct
 import sys
 import threading
+import time
 from pathlib import Path
 
 from knetlab.overlays.flannel import subnet
-from knetlab.store import Store
+from knetlab.store import Store, StoreError
 
 log = logging.getLogger("flannel.udp")
 TUNSETIFF = 0x400454CA
@@ -73,10 +74,12 @@ def udp_to_tun(fd: int, sock: socket.socket) -> None:
             pass  # a malformed packet; the kernel refused it
 
 
-def refresh(store: Store, table: dict[int, tuple[str, int]], own: str, port: int) -> None:
-    """Make the peer table match the leases (in place: the data threads hold it)."""
+def refresh(store: Store, table: dict[int, tuple[str, int]], own: str, port: int) -> int:
+    """Make the peer table match the leases (in place: the data threads hold it); the
+    revision read."""
     want = {}
-    for lease in subnet.leases(store):
+    rev, leases = subnet.read_leases(store)
+    for lease in leases:
         if lease["subnet"] != own:
             net = int(ipaddress.ip_network(lease["subnet"]).network_address)
             want[net] = (lease["PublicIP"], port)
@@ -85,10 +88,11 @@ def refresh(store: Store, table: dict[int, tuple[str, int]], own: str, port: int
     for key, peer in want.items():
         if table.get(key) != peer:
             table[key] = peer
+    return rev
 
 
 def run(args: argparse.Namespace) -> None:
-    store = Store(Path(args.store))
+    store = Store.from_arg(args.store)
     port = subnet.get_config(store)["Backend"]["Port"]
     mask = (0xFFFFFFFF << (32 - args.subnet_len)) & 0xFFFFFFFF
     fd = open_tun("flannel0")
@@ -104,16 +108,20 @@ def run(args: argparse.Namespace) -> None:
         threading.Thread(target=target, args=targs, daemon=True).start()
     (Path(args.run_dir) / "ready").write_text("flannel0\n")
     log.info("forwarding flannel0 <-> udp/%d for %d peers", port, len(table))
-    rev = -1
-    while True:
-        rev = store.wait(rev, 1.0)
-        refresh(store, table, args.subnet, port)
+    rev = refresh(store, table, args.subnet, port)
+    while True:  # level-triggered: any lease change (an etcd watch), re-read them all
+        try:
+            store.wait(subnet.SUBNETS, rev, 10.0)
+            rev = refresh(store, table, args.subnet, port)
+        except StoreError:
+            log.exception("watching the leases failed; retrying")
+            time.sleep(1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flannel-udp")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--store", required=True)
+    p.add_argument("--store", required=True, help="the lab's etcd (Store.to_arg)")
     p.add_argument("--subnet", required=True, help="this node's lease (not forwarded)")
     p.add_argument("--subnet-len", type=int, required=True)
     args = p.parse_args(argv)

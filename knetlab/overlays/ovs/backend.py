@@ -1,11 +1,13 @@
 """The ``ovs-vxlan`` and ``ovs-gre`` data planes: one OVS per node, one os-ken controller.
 
 Life cycle: ``setup`` starts the controller; ``setup_node`` starts the node's OVS, moves
-the node IP to br-phy and registers the node in the store (``ovs/nodes/NAME``), which is
-what the controller learns membership from; pods are wired by the ``ovs`` CNI plugin,
-which registers them (``ovs/pods/PORT``, one entry per attachment). ``sync`` routes the
-other nodes' pod subnets into gw0, seeds OVS's tunnel neighbour cache and waits until
-every switch is connected and programmed, so a lab is usable when ``up`` returns.
+the node IP to br-phy and registers the node in the lab's etcd
+(``/knetlab/ovs/nodes/NAME``), which is what the controller learns membership from; pods
+are wired by the ``ovs`` CNI plugin, which registers them (``/knetlab/ovs/pods/PORT``, one
+entry per attachment).
+``sync`` routes the other nodes' pod subnets into gw0, seeds OVS's tunnel neighbour cache
+and waits until every switch is connected and programmed, so a lab is usable when ``up``
+returns.
 
 Settings (topology key ``ovs``): ``vni`` (the tunnel key, default 1).
 """
@@ -19,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from knetlab.cni.plugins.ovs import OVS_NODES, OVS_PODS
 from knetlab.dataplane import Backend, register
 from knetlab.errors import ConfigError, KnetlabError
 from knetlab.overlays.ovs.controllerd import ControllerDaemon
@@ -45,6 +48,7 @@ class OvsBackend(Backend):
         super().__init__(cluster)
         self.switches: dict[str, NodeSwitch] = {}
         self.controller: ControllerDaemon | None = None
+        self.written = 0  # etcd revision of our last node registration
 
     @classmethod
     def validate(cls, spec: ClusterSpec, settings: Fields) -> dict[str, Any]:
@@ -69,7 +73,7 @@ class OvsBackend(Backend):
         return self.cluster.store
 
     def setup(self) -> None:
-        self.controller = ControllerDaemon(self.cluster.rundir, self.store.root,
+        self.controller = ControllerDaemon(self.cluster.rundir, self.store.to_arg(),
                                            self.settings["vni"])
         self.controller.start()
 
@@ -81,9 +85,9 @@ class OvsBackend(Backend):
             route = (str(u.cidr), str(u.gateway(node.spec.rack)))
         sw = NodeSwitch(self.cluster.rundir, node, self.tunnel, self.controller.socket, route)
         self.switches[node.name] = sw
-        self.store.put(f"ovs/nodes/{node.name}", {
+        self.written = max(self.written, self.store.put(f"{OVS_NODES}{node.name}", {
             "name": node.name, "ip": node.node_ip, "podCIDR": node.spec.pod_cidr,
-            "gateway": node.spec.pod_gateway, "dpid": dpid_for(node.name)})
+            "gateway": node.spec.pod_gateway, "dpid": dpid_for(node.name)}))
         sw.start()
         apply_service_snat(node, str(self.cluster.spec.pod_cidr))
 
@@ -93,7 +97,7 @@ class OvsBackend(Backend):
         return {"cniVersion": "1.0.0", "name": "knetlab-ovs", "plugins": [{
             "type": "ovs", "bridge": "br-int", "ovsdb": sw.db, "mtu": POD_MTU,
             "node": node.name, "podCIDR": node.spec.pod_cidr,
-            "store": str(self.store.root), "controllerStatus": str(self.controller.status_file),
+            **self.store.conf(), "controllerStatus": str(self.controller.status_file),
             "controllerPidFile": str(self.controller.pid_file),
             "ipam": {"type": "host-local",
                      "ranges": [[{"subnet": node.spec.pod_cidr,
@@ -130,10 +134,12 @@ class OvsBackend(Backend):
                 return link["address"]
         raise KnetlabError(f"no interface with {ip} on the ToR of rack {rack}")
 
-    def wait_programmed(self, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Until every node's br-int is connected and synced to the store's revision."""
+    def wait_programmed(self, timeout: float = CONNECT_TIMEOUT, since: int = 0) -> None:
+        """Until every node's br-int is connected and synced past our last registration
+        (not the store's revision: the API server's writes move that, and the controller
+        re-reads only when the OVS registry changes)."""
         assert self.controller
-        want = self.store.revision()
+        want = max(self.written, since)
         deadline = time.monotonic() + timeout
         while True:
             status = self.controller.status()
@@ -153,9 +159,9 @@ class OvsBackend(Backend):
             time.sleep(0.02)
 
     def remove_node(self, node: K8sNode) -> None:
-        self.store.delete(f"ovs/nodes/{node.name}")
-        for key in self.store.list("ovs/pods"):
-            if self.store.get(key) and self.store.get(key).get("node") == node.name:
+        self.store.delete(f"{OVS_NODES}{node.name}")
+        for key, pod in self.store.list(OVS_PODS).items():
+            if pod.get("node") == node.name:
                 self.store.delete(key)
         sw = self.switches.pop(node.name, None)
         if sw:

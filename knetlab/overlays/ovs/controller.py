@@ -1,15 +1,16 @@
 """The os-ken OpenFlow 1.3 application programming every node's ``br-int``.
 
 Design notes:
-- Membership comes from the lab's store (``ovs/nodes/*`` written by the backend,
-  ``ovs/pods/*``, one per pod attachment, by the ``ovs`` CNI plugin), never from
+- Membership comes from the lab's etcd (``/knetlab/ovs/nodes/*`` written by the backend,
+  ``/knetlab/ovs/pods/*``, one per pod attachment, by the ``ovs`` CNI plugin), never from
   flooding or packet-ins.
 - Level-triggered: on every switch (re)connect the controller dumps the switch's flows
   and makes them exactly ``pipeline.desired_flows`` (delete cookies not desired, add
-  cookies missing). On a store change it diffs against what it last made the switch hold;
+  cookies missing). On a change under ``/knetlab/ovs/`` (an etcd watch) it diffs against
+  what it last made the switch hold;
   every ``RESYNC_SECONDS`` it dumps again to repair drift. A restart therefore never
   duplicates a flow, and while it is down the switches (fail_mode=secure) keep forwarding.
-- After each sync a barrier; its reply marks the switch synced to that store revision in
+- After each sync a barrier; its reply marks the switch synced to the etcd revision read in
   ``status.json``, which ``knetlab status`` and the CNI plugin (waiting for its pod's
   flows) read.
 - os-ken swallows errors of its threads: every loop here logs its own exceptions.
@@ -32,12 +33,13 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
+from knetlab.cni.plugins.ovs import OVS_NODES, OVS_PODS
 from knetlab.overlays.ovs.pipeline import Flow, NodeInfo, PodInfo, desired_flows
 from knetlab.store import Store
 
 LOG = logging.getLogger("knetlab.ovs.controller")
 RESYNC_SECONDS = 10.0
-WATCH_POLL = 0.05
+REGISTRY = "/knetlab/ovs/"  # OVS_NODES and OVS_PODS
 #: set by knetlab.overlays.ovs.controllerd before os-ken instantiates the app
 CONFIG: dict[str, Any] = {}
 
@@ -55,12 +57,14 @@ class Switch:
     connected_at: float = field(default_factory=time.time)
 
 
-def membership(store: Store) -> tuple[dict[int, NodeInfo], list[NodeInfo], list[PodInfo]]:
+def membership(store: Store) -> tuple[int, dict[int, NodeInfo], list[NodeInfo], list[PodInfo]]:
+    """(revision of the read, nodes by dpid, nodes, pods): one read of the registry."""
+    rev, kvs = store.range(REGISTRY, prefix=True)
     nodes = [NodeInfo(v["name"], v["ip"], v["podCIDR"], v["gateway"], int(v["dpid"]))
-             for v in store.list("ovs/nodes").values()]
+             for k, v, _r, _l in kvs if k.startswith(OVS_NODES)]
     pods = [PodInfo(f"{v['namespace']}/{v['name']}" if v.get("namespace") else v["name"],
-                    v["node"], v["ip"]) for v in store.list("ovs/pods").values()]
-    return {n.dpid: n for n in nodes}, nodes, pods
+                    v["node"], v["ip"]) for k, v, _r, _l in kvs if k.startswith(OVS_PODS)]
+    return rev, {n.dpid: n for n in nodes}, nodes, pods
 
 
 class OvsController(app_manager.OSKenApp):
@@ -68,7 +72,7 @@ class OvsController(app_manager.OSKenApp):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.store = Store(Path(CONFIG["store"]))
+        self.store = Store.from_arg(CONFIG["store"])
         self.vni = int(CONFIG["vni"])
         self.status_file = Path(CONFIG["status"])
         self.switches: dict[int, Switch] = {}
@@ -132,8 +136,7 @@ class OvsController(app_manager.OSKenApp):
 
     # -- reconciliation ------------------------------------------------------------
     def _reconcile(self, sw: Switch) -> None:
-        rev = self.store.revision()
-        by_dpid, nodes, pods = membership(self.store)
+        rev, by_dpid, nodes, pods = membership(self.store)
         me = by_dpid.get(sw.dp.id)
         if me is None:
             LOG.warning("switch %016x belongs to no node in the store (yet, or any more); "
@@ -171,10 +174,13 @@ class OvsController(app_manager.OSKenApp):
         sw.adds += 1
 
     def _watch_loop(self) -> None:
+        # A native thread (controllerd runs os-ken's native hub): it may block in the watch.
         seen, last_full = -1, time.monotonic()
         while True:
             try:
-                rev = self.store.revision()
+                left = RESYNC_SECONDS - (time.monotonic() - last_full)
+                rev = (self.store.revision() if seen < 0 else
+                       self.store.wait(REGISTRY, seen, max(left, 0.05)))
                 full = time.monotonic() - last_full > RESYNC_SECONDS
                 if rev != seen or full:
                     with self.lock:
@@ -188,7 +194,7 @@ class OvsController(app_manager.OSKenApp):
                         last_full = time.monotonic()
             except Exception:  # noqa: BLE001 - os-ken would swallow it silently
                 LOG.exception("store watch failed; retrying")
-            time.sleep(WATCH_POLL)
+                time.sleep(1.0)
 
     # -- status ----------------------------------------------------------------------
     def _write_status(self) -> None:

@@ -5,7 +5,7 @@ It runs in the root namespace and listens only on a unix socket in its own run d
 sets TCP_NODELAY on every switch connection, which a unix socket refuses, so the
 connection factory is wrapped to skip TCP options.
 
-    python -m knetlab.overlays.ovs.controllerd --socket S --store DIR --status F --vni N
+    python -m knetlab.overlays.ovs.controllerd --socket S --store ETCD_URL --status F --vni N
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from knetlab.daemon import Daemon
@@ -32,15 +31,15 @@ class ControllerDaemon(Daemon):
     name = "os-ken"
     ready_timeout = 20.0  # importing os-ken takes ~1 s, more on a busy machine
 
-    def __init__(self, rundir: RunDir, store_dir: Path, vni: int) -> None:
+    def __init__(self, rundir: RunDir, store: str, vni: int) -> None:
         super().__init__(rundir, "cluster", None)
-        self.store_dir, self.vni = store_dir, vni
+        self.store, self.vni = store, vni  # store: Store.to_arg()
         self.socket = self.dir / "ofp.sock"
         self.status_file = self.dir / "status.json"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "knetlab.overlays.ovs.controllerd",
-                "--socket", str(self.socket), "--store", str(self.store_dir),
+                "--socket", str(self.socket), "--store", self.store,
                 "--status", str(self.status_file), "--vni", str(self.vni)]
 
     def start(self) -> None:
