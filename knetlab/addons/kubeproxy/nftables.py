@@ -9,13 +9,26 @@ Design notes (kube-proxy ``pkg/proxy/nftables/proxier.go``, adapted where this k
   (``inet_proto . inet_service`` on the node's addresses). A new connection costs one hash
   lookup whatever the number of Services: first-packet latency is flat in N.
 - One ``service-<hash>-<ns>/<svc>/<proto>/<port>`` chain per ServicePort picks an endpoint
-  and jumps to ``endpoint-<hash>-...__<ip>/<port>``, which DNATs. Upstream picks with an
-  anonymous ``numgen random mod N vmap {...}`` per Service; on this kernel creating
-  anonymous sets is quadratic in their number (measured: 2,000 Services 5.4 s, 20,000 over
-  200 s), and one shared vmap bound by every service chain is quadratic too (10,000: 15 s).
-  So each choice is written the way the iptables mode's ``statistic`` rules are: rule i of
-  N is ``numgen random mod (N-i) 0 goto endpoint-i``, the last a plain ``goto``; the same
-  equal probabilities, with no set at all (10,000 Services load with about 2 s of CPU).
+  and DNATs to it. Upstream picks with an anonymous ``numgen random mod N vmap {...}`` per
+  Service; on this kernel creating anonymous sets is quadratic in their number (measured:
+  2,000 Services 5.4 s, 20,000 over 200 s), and one shared vmap bound by every service
+  chain is quadratic too (10,000: 15 s). So each choice is written the way the iptables
+  mode's ``statistic`` rules are: rule i of N is ``numgen random mod (N-i) 0 ... dnat to
+  ip:port``, the last a plain DNAT; the same equal probabilities, with no set at all.
+- Where upstream has an ``endpoint-<hash>-...__<ip>/<port>`` chain per endpoint, this
+  proxier writes one only for ClientIP affinity (it must record the client); otherwise the
+  service chain DNATs itself. Why: before every transaction that adds a rule or an element,
+  nft 1.0.6 dumps every chain of every table (``nft -d mnl``: an unfiltered
+  NFT_MSG_GETCHAIN, other tables' chains included, e.g. the NetworkPolicy agent's;
+  neither a second table, a persistent libnftables context nor ``nft -i`` avoids it: the
+  cache is fetched again after every transaction that changed something), and the kernel's
+  chain dump costs more than linearly in the number of chains. One chain per ServicePort
+  instead of about three makes one change at 10,000 Services cost 30-40 ms of CPU instead
+  of 120-150 ms, and a full load about 1.1 s instead of 2 s (``knetlab.bench.kubeproxy``).
+- Hairpin (an endpoint reaching itself through its Service) is masqueraded as upstream's
+  endpoint chains do (``ip saddr <endpoint> jump mark-for-masquerade``), but checked after
+  DNAT in ``masquerading``: ``ct status dnat ip saddr . ip daddr @hairpin-endpoints``, a set
+  of ``ip . ip`` for every endpoint address, so no per-endpoint chain is needed for it.
 - Services without usable endpoints are elements of ``no-endpoint-services`` /
   ``no-endpoint-nodeports`` (filter hooks at priority -110, before DNAT) whose verdict is
   ``goto reject-chain``: the client gets ICMP port-unreachable (ECONNREFUSED) at once.
@@ -27,14 +40,15 @@ Design notes (kube-proxy ``pkg/proxy/nftables/proxier.go``, adapted where this k
   Service's timeout; the endpoint chain does ``update @set { ip saddr }`` and the service
   chain first sends a remembered client to its endpoint.
 - Incremental sync: the proxier remembers what it rendered per ServicePort (chains, sets,
-  map elements). A sync with ``changed`` keys writes one transaction that deletes stale map
-  elements, flushes and rewrites only those ServicePorts' chains, deletes chains and sets
-  that went, and adds the new elements. A failed ``nft -f`` changes nothing (nft applies a
-  file atomically); the proxier then forgets what it rendered so the next sync is full.
-  Measured limit: before any ``add rule`` or element command nft 1.0.6 lists every table,
-  chain and set into its cache (30,000 chains at 10,000 Services), so even a tiny
-  transaction costs time that grows with the table (about 150 ms of CPU at 10,000
-  Services; ``knetlab.bench.kubeproxy``).
+  map elements, members of the shared sets ``cluster-ips`` and ``hairpin-endpoints``,
+  counted because ServicePorts share them). A sync with ``changed`` keys writes one
+  transaction that deletes stale elements, flushes and rewrites only those ServicePorts'
+  chains, deletes chains and sets that went, and adds the new elements; its Python cost
+  does not grow with N (about 1 ms). A failed ``nft -f`` changes nothing (nft applies a
+  file atomically); the proxier then forgets what it rendered so the next sync is full
+  (and counts the shared sets afresh). Remaining limit: nft's chain dump above, so one
+  change still grows with N (measured 30-40 ms of CPU at 10,000 Services, 75-100 ms at
+  20,000).
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ import base64
 import hashlib
 import ipaddress
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 from knetlab import shell
@@ -114,22 +129,33 @@ def affinity_set(sp: ServicePort, ep: Endpoint) -> str:
 @dataclass
 class Rendered:
     """What one ServicePort puts in the table: chains with their rules, affinity sets
-    (name -> declaration) and map elements (map -> key -> verdict)."""
+    (name -> declaration), map elements (map -> key -> verdict) and the members it needs in
+    the shared sets (``cluster-ips``, ``hairpin-endpoints``: several ServicePorts may need
+    the same member, so the proxier counts them)."""
     chains: dict[str, list[str]] = field(default_factory=dict)
     sets: dict[str, str] = field(default_factory=dict)
     elements: dict[str, dict[str, str]] = field(default_factory=dict)
+    members: dict[str, set[str]] = field(default_factory=dict)
 
     def element(self, map_name: str, key: str, verdict: str) -> None:
         self.elements.setdefault(map_name, {})[key] = verdict
 
 
-def _choose(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[str]:
-    """Rules that send a new connection to one of ``eps`` with equal probability: affinity
-    first (a remembered client keeps its endpoint), then the numgen cascade."""
-    rules = []
-    if sp.affinity_timeout:
-        rules += [f"ip saddr @{affinity_set(sp, e)} goto {endpoint_chain(sp, e)}" for e in eps]
+def _choose(sp: ServicePort, eps: tuple[Endpoint, ...], out: Rendered) -> list[str]:
+    """Rules that send a new connection to one of ``eps`` with equal probability. Without
+    affinity each rule DNATs itself (no endpoint chain: every chain in the table is listed
+    by nft before each transaction, so fewer chains is a cheaper change); with ClientIP
+    affinity a remembered client first goes back to its endpoint's chain, which records the
+    client and DNATs."""
     n = len(eps)
+    if not sp.affinity_timeout:
+        proto = sp.protocol.lower()
+        dnat = [f"meta l4proto {proto} dnat to {e.ip}:{e.port}" for e in eps]
+        return [f"numgen random mod {n - i} 0 {d}" for i, d in enumerate(dnat[:-1])] \
+            + [dnat[-1]]
+    for e in eps:
+        _endpoint(sp, e, out)
+    rules = [f"ip saddr @{affinity_set(sp, e)} goto {endpoint_chain(sp, e)}" for e in eps]
     for i, e in enumerate(eps[:-1]):
         rules.append(f"numgen random mod {n - i} 0 goto {endpoint_chain(sp, e)}")
     rules.append(f"goto {endpoint_chain(sp, eps[-1])}")
@@ -137,28 +163,27 @@ def _choose(sp: ServicePort, eps: tuple[Endpoint, ...]) -> list[str]:
 
 
 def _endpoint(sp: ServicePort, ep: Endpoint, out: Rendered) -> None:
-    rules = [f"ip saddr {ep.ip} jump mark-for-masquerade"]  # hairpin: a pod to itself
-    if sp.affinity_timeout:
-        name = affinity_set(sp, ep)
-        out.sets[name] = (f"{{ type ipv4_addr; flags dynamic,timeout; "
-                          f"timeout {sp.affinity_timeout}s; }}")
-        rules.append(f"update @{name} {{ ip saddr }}")
-    rules.append(f"meta l4proto {sp.protocol.lower()} dnat to {ep.ip}:{ep.port}")
-    out.chains[endpoint_chain(sp, ep)] = rules
+    """An affinity endpoint's chain: remember the client, then DNAT."""
+    name = affinity_set(sp, ep)
+    out.sets[name] = (f"{{ type ipv4_addr; flags dynamic,timeout; "
+                      f"timeout {sp.affinity_timeout}s; }}")
+    out.chains[endpoint_chain(sp, ep)] = [
+        f"update @{name} {{ ip saddr }}",
+        f"meta l4proto {sp.protocol.lower()} dnat to {ep.ip}:{ep.port}"]
 
 
 def render(sp: ServicePort, state: ProxyState) -> Rendered:
     """Everything one ServicePort needs, as kube-proxy's nftables proxier lays it out."""
-    out = Rendered()
+    out = Rendered(members={
+        "cluster-ips": {sp.cluster_ip},
+        "hairpin-endpoints": {f"{e.ip} . {e.ip}" for e in sp.endpoints if ":" not in e.ip}})
     proto = sp.protocol.lower()
     cluster = sp.cluster_endpoints(state.node)
     external = sp.external_endpoints(state.node) if sp.has_external else ()
-    for ep in {e.address: e for e in (*cluster, *external)}.values():
-        _endpoint(sp, ep, out)
     svc = service_chain(sp)
     cip_key = f"{sp.cluster_ip} . {proto} . {sp.port}"
     if cluster:
-        out.chains[svc] = _choose(sp, cluster)
+        out.chains[svc] = _choose(sp, cluster, out)
         out.element("service-ips", cip_key, f"goto {svc}")
     elif sp.internal_local and usable(sp.endpoints):  # ITP Local: endpoints, none here
         out.element("no-endpoint-services", cip_key, "drop")
@@ -187,7 +212,7 @@ def render(sp: ServicePort, state: ProxyState) -> Rendered:
                       "fib saddr type local jump mark-for-masquerade",
                       f"fib saddr type local goto {svc}"]
         if external:
-            out.chains[local_chain(sp)] = _choose(sp, external)
+            out.chains[local_chain(sp)] = _choose(sp, external, out)
             rules.append(f"goto {local_chain(sp)}")
         else:
             rules.append("drop")  # no endpoint on this node: others answer
@@ -199,8 +224,12 @@ def render(sp: ServicePort, state: ProxyState) -> Rendered:
     return out
 
 
+#: the sets whose members several ServicePorts share (counted by the proxier)
+SHARED = ("cluster-ips", "hairpin-endpoints")
+
 #: the dispatch sets and maps (flushed and refilled by a full sync)
-DISPATCH = {"cluster-ips": "set", "nodeport-ips": "set", "service-ips": "map",
+DISPATCH = {"cluster-ips": "set", "nodeport-ips": "set", "hairpin-endpoints": "set",
+            "service-ips": "map",
             "service-nodeports": "map", "no-endpoint-services": "map",
             "no-endpoint-nodeports": "map"}
 
@@ -212,6 +241,7 @@ def _skeleton(state: ProxyState) -> list[str]:
     lines = [f'add table {t} {{ comment "rules for kube-proxy"; }}',
              f"add set {t} cluster-ips {{ type ipv4_addr; }}",
              f"add set {t} nodeport-ips {{ type ipv4_addr; }}",
+             f"add set {t} hairpin-endpoints {{ type ipv4_addr . ipv4_addr; }}",
              f"add map {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}",
              f"add map {t} service-nodeports {{ type inet_proto . inet_service : verdict; }}",
              f"add map {t} no-endpoint-services "
@@ -219,7 +249,11 @@ def _skeleton(state: ProxyState) -> list[str]:
              f"add map {t} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict; }}"]
     plain = {
         "mark-for-masquerade": [f"meta mark set meta mark or {MASQ_MARK}"],
-        "masquerading": [f"meta mark & {MASQ_MARK} == 0 return",
+        "masquerading": [
+            # hairpin (an endpoint reached itself through a Service): kube-proxy marks it in
+            # the endpoint chain; here, after DNAT, source == destination == that endpoint
+            "ct status dnat ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade",
+            f"meta mark & {MASQ_MARK} == 0 return",
                          f"meta mark set meta mark xor {MASQ_MARK}",
                          "masquerade fully-random"],
         "reject-chain": ["reject"],
@@ -256,7 +290,7 @@ class NftablesProxier(Proxier):
     def __init__(self, node: str, log: logging.Logger) -> None:
         super().__init__(node, log)
         self._applied: dict[str, Rendered] | None = None  # None: next sync is full
-        self._global: dict[str, set[str]] = {}             # cluster-ips, nodeport-ips
+        self._members: dict[str, Counter[str]] = {}        # shared set -> member -> users
         self._context: tuple[str, tuple[str, ...]] | None = None
         self.last_transaction_lines = 0
 
@@ -267,13 +301,18 @@ class NftablesProxier(Proxier):
         old = {} if full else dict(self._applied or {})
         keys = set(state.services) if full else set(changed or ())
         new = {k: render(state.services[k], state) for k in keys if k in state.services}
-        glob = {"cluster-ips": {sp.cluster_ip for sp in state.services.values()},
-                "nodeport-ips": {ip for ip in state.node_ips
-                                 if ipaddress.ip_address(ip).version == 4}}
         if full:
+            self._members = {m: Counter() for m in SHARED}
+            for r in new.values():
+                for m, items in r.members.items():
+                    self._members[m].update(items)
+            glob = {m: set(c) for m, c in self._members.items()}
+            glob["nodeport-ips"] = {ip for ip in state.node_ips
+                                    if ipaddress.ip_address(ip).version == 4}
             text = self._full_text(state, new, glob, self._applied)
         else:
-            text = self._partial_text({k: old.get(k) for k in keys}, new, glob)
+            # counted, not recomputed from all Services: a change costs the same at any N
+            text = self._partial_text({k: old.get(k) for k in keys}, new)
         self.last_transaction_lines = text.count("\n")  # what the last sync wrote
         try:
             shell.run(["nft", "-f", "-"], input=text, timeout=300,
@@ -290,7 +329,7 @@ class NftablesProxier(Proxier):
                     applied[k] = new[k]
                 else:
                     applied.pop(k, None)
-        self._global, self._context = glob, context
+        self._context = context
 
     def _full_text(self, state: ProxyState, new: dict[str, Rendered],
                    glob: dict[str, set[str]], old: dict[str, Rendered] | None) -> str:
@@ -330,9 +369,10 @@ class NftablesProxier(Proxier):
             lines += _elements("add", m, items)
         return "\n".join(lines) + "\n"
 
-    def _partial_text(self, old: dict[str, Rendered | None], new: dict[str, Rendered],
-                      glob: dict[str, set[str]]) -> str:
-        """Only the changed ServicePorts, ordered so nothing is deleted while referenced."""
+    def _partial_text(self, old: dict[str, Rendered | None], new: dict[str, Rendered]) -> str:
+        """Only the changed ServicePorts, ordered so nothing is deleted while referenced.
+        Updates the shared-set counts (a failed transaction makes the next sync full, which
+        counts afresh)."""
         t = f"{FAMILY} {TABLE}"
         empty = Rendered()
         dels: dict[str, list[str]] = {}
@@ -348,9 +388,19 @@ class NftablesProxier(Proxier):
                 was = o.elements.get(m, {})
                 adds.setdefault(m, []).extend(f"{key} : {v}" for key, v in items.items()
                                               if was.get(key) != v)
-        for m, items in self._global.items():
-            dels.setdefault(m, []).extend(sorted(items - glob[m]))
-            adds.setdefault(m, []).extend(sorted(glob[m] - items))
+        for k, o in old.items():
+            o, n = o or empty, new.get(k, empty)
+            for m, counts in self._members.items():
+                was, now = o.members.get(m, set()), n.members.get(m, set())
+                for item in was - now:
+                    counts[item] -= 1
+                    if counts[item] <= 0:
+                        del counts[item]
+                        dels.setdefault(m, []).append(item)
+                for item in now - was:
+                    counts[item] += 1
+                    if counts[item] == 1:
+                        adds.setdefault(m, []).append(item)
         for m, keys in dels.items():
             lines += _elements("delete", m, keys)
         touched = [(o or empty, new.get(k, empty)) for k, o in old.items()]
@@ -378,5 +428,5 @@ class NftablesProxier(Proxier):
     def cleanup(self) -> None:
         shell.run(["nft", "delete", "table", FAMILY, TABLE], check=False)
         self._applied = None
-        self._global = {}
+        self._members = {}
 
