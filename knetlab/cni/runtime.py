@@ -22,6 +22,7 @@ from typing import Any
 
 from knetlab.cni.invoke import exec_plugin, find_plugin
 from knetlab.cni.types import INVALID_CONFIG, SUPPORTED_VERSIONS, CNIError, version_tuple
+from knetlab.netns import entered
 
 log = logging.getLogger("knetlab.cni")
 KNETLAB_PLUGINS = str(Path(__file__).parent / "bin")
@@ -71,7 +72,11 @@ class CNIRuntime:
              ) -> dict[str, Any] | None:
         path = find_plugin(plugin["type"], self.cni_path)
         log.debug("cni %s %s %s", env["CNI_COMMAND"], plugin["type"], env["CNI_CONTAINERID"])
-        return exec_plugin(path, conf, env, netns=self.plugin_netns)
+        if not self.plugin_netns:
+            return exec_plugin(path, conf, env)
+        # The plugin inherits this thread's namespace: one exec (nsenter) less per plugin.
+        with entered(self.plugin_netns):
+            return exec_plugin(path, conf, env)
 
     def add(self, cid: str, netns: str, ifname: str = "eth0", args: dict[str, str] | None = None,
             runtime_conf: dict[str, Any] | None = None) -> dict[str, Any]:
