@@ -118,7 +118,7 @@ def test_backend_end_to_end(lab, tmp_path: Path, case: str) -> None:
     path, bpf, extra, expect = CASES[case]
     c = lab(path or write_topology(tmp_path, HOSTGW))
     report = c.check()
-    assert report.ok, report
+    assert report.ok, [p.error or p for p in report.failures]
     dst = "pod-3-0" if case == "vxlan-leaf-spine" else "pod-2-0"  # node-3 is in rack 2
     out = capture(c, "node-1", bpf, "pod-1-0", dst, extra)
     assert expect in out, out

@@ -89,7 +89,7 @@ def _drift_is_repaired_on_reconnect(c) -> None:  # noqa: ANN001
 def test_ovs_vxlan_end_to_end(lab) -> None:  # noqa: ANN001
     c = lab(TOPOLOGIES / "ovs-vxlan.yaml")
     report = c.check()
-    assert report.ok, report
+    assert report.ok, [p.error or p for p in report.failures]
     shown = c.backend.flows("node-1")
     assert all(f"table {t.id} {t.name}" in shown for t in TABLES), shown
     a, b = c.pod("pod-1-0"), c.pod("pod-2-0")
@@ -146,7 +146,7 @@ def test_ovs_vxlan_end_to_end(lab) -> None:  # noqa: ANN001
 def test_ovs_gre_end_to_end_and_clean(lab) -> None:  # noqa: ANN001
     c = lab(TOPOLOGIES / "ovs-gre.yaml")
     report = c.check()
-    assert report.ok, report
+    assert report.ok, [p.error or p for p in report.failures]
     a, b = c.pod("pod-1-0"), c.pod("pod-3-1")
     out = _underlay_capture(c.node("node-3"), "proto gre",
                             lambda: a.run(["ping", "-c3", "-i0.2", b.ip], check=False))
@@ -178,7 +178,7 @@ def test_ovs_gre_end_to_end_and_clean(lab) -> None:  # noqa: ANN001
 def test_ovs_gre_leaf_spine(lab) -> None:  # noqa: ANN001
     c = lab(TOPOLOGIES / "ovs-gre-leaf-spine.yaml")
     report = c.check()
-    assert report.ok, report
+    assert report.ok, [p.error or p for p in report.failures]
     # The node IP moved to br-phy and the route to the fabric moved with it.
     route = c.node("node-1").run(["ip", "route", "show", "192.168.0.0/16"]).stdout
     assert "dev br-phy" in route
@@ -187,7 +187,7 @@ def test_ovs_gre_leaf_spine(lab) -> None:  # noqa: ANN001
     c.add_pod("ov-p5", "node-5")
     c.delete_node("node-2")
     report = c.check()
-    assert report.ok, report
+    assert report.ok, [p.error or p for p in report.failures]
 
 
 def test_flows_are_shown_by_table_name() -> None:
