@@ -164,6 +164,9 @@ def test_user_bridges_are_isolated(lab: Cluster) -> None:
         assert reaches(lab.host("b1"), "tcp", b2_ip, 80).startswith("80 ")
         assert ask(lab.host("r1"), "tcp", b2_ip, 80).startswith("error")
         assert "172.30.0.2/24" in docker(lab, "node-2", "network", "inspect", "red")
+        # the endpoint's MAC is the container's eth0 (read in its namespace, not from sysfs)
+        mac = inspect.split('"Name": "b2"')[1].split('"MacAddress": "')[1].split('"')[0]
+        assert f"link/ether {mac} " in lab.host("b2").cmd("ip -o link show eth0")
     finally:
         docker(lab, "node-2", "rm", "-f", "b1", "b2", "r1")
         docker(lab, "node-2", "network", "rm", "blue", "red")

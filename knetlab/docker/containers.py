@@ -6,6 +6,7 @@ already allocated" changes nothing), and a failure later tears down what was mad
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import TYPE_CHECKING
 
@@ -110,8 +111,9 @@ def join(engine: Engine, c: Container, net: Network, ip: str = "") -> Endpoint:
                   engine._allocate_ip(net, c.name, ip))
     c.endpoints.append(ep)
     DRIVERS[net.driver].join(engine, net, c.sandbox, ep, default=ep.ifname == "eth0")
-    out = c.sandbox.run(["cat", f"/sys/class/net/{ep.ifname}/address"], check=False)
-    ep.mac = out.stdout.strip()
+    # ip, not /sys/class/net: sysfs shows the namespace that mounted it (the machine's)
+    out = c.sandbox.run(["ip", "-j", "link", "show", "dev", ep.ifname], check=False)
+    ep.mac = (json.loads(out.stdout or "[{}]") or [{}])[0].get("address", "")
     if net.driver == "overlay":
         store = engine.service.store
         store.put(f"docker/overlay/{net.name}/nodes/{engine.node.name}",
