@@ -39,13 +39,14 @@ from knetlab.measure import process_cpu_seconds
 TOPO = """name: dnsbench
 dataplane: host-gw
 nodes: {count: 2}
-pods: {perNode: 1}
+pods: {perNode: 2}
 """
 SERVICES = 200
 ENDPOINTS = 20
 ROUNDS = 3
 SECONDS = 8
 CHANGES = 50
+PATHS = ("pod", "node-pod", "local")  # where dnsperf runs (see the report's text)
 LATENCY_QPS = 2000  # a fixed rate well below both servers' capacity, for percentiles
 SERVER_CPU, CLIENT_CPU = "0", "1"
 
@@ -197,6 +198,9 @@ def run(out_dir: Path) -> dict[str, Any]:
         dns_pod = addon.pods()[0]
         dns_node = dns_pod["spec"]["nodeName"]
         server_pod = next(p for p in c.pods.values() if p.node_name == dns_node)
+        # a pod beside the DNS pod on its node: bridged, no route to cross
+        neighbour = next(p for p in c.pods.values()
+                         if p.node_name == dns_node and p is not server_pod)
         client_pod = next(p for p in c.pods.values() if p.node_name != dns_node)
         client_ns = f"/proc/{client_pod.pid}/ns/net"
 
@@ -239,9 +243,10 @@ def run(out_dir: Path) -> dict[str, Any]:
         server_pid = {"knetlab (unbound)": unbound[0], "dnsmasq": dnsmasq.pid}
         rows: list[dict[str, Any]] = []
         for rnd in range(ROUNDS):
-            for path in ("pod", "local"):
+            for path in PATHS:
                 for name, ip in servers.items():
-                    netns = client_ns if path == "pod" else own_ns[name]
+                    netns = {"pod": client_ns, "node-pod": f"/proc/{neighbour.pid}/ns/net"
+                             }.get(path) or own_ns[name]
                     cpu0 = _cpu_seconds(server_pid[name])
                     text = _dnsperf(netns, ip, qfile, SECONDS, [])
                     cpu = _cpu_seconds(server_pid[name]) - cpu0
@@ -269,14 +274,19 @@ def run(out_dir: Path) -> dict[str, Any]:
     for name in servers:
         pod = [r["qps"] for r in rows if r["server"] == name and r["client"] == "pod"]
         local = [r["qps"] for r in rows if r["server"] == name and r["client"] == "local"]
+        near = [r["qps"] for r in rows if r["server"] == name and r["client"] == "node-pod"]
         cpu = {path: statistics.median(r["cpu_us_per_query"] for r in rows
                                        if r["server"] == name and r["client"] == path)
-               for path in ("pod", "local")}
+               for path in PATHS}
         summary.append({"server": name,
                         "cpu_us_local": round(cpu["local"], 2),
                         "qps_per_core_local": round(1e6 / cpu["local"]),
                         "cpu_us_pod": round(cpu["pod"], 2),
                         "qps_per_core_pod": round(1e6 / cpu["pod"]),
+                        "cpu_us_node_pod": round(cpu["node-pod"], 2),
+                        "qps_per_core_node_pod": round(1e6 / cpu["node-pod"]),
+                        "qps_node_pod_median": round(statistics.median(near)),
+                        "qps_node_pod_best": max(near),
                         "qps_pod_median": round(statistics.median(pod)),
                         "qps_pod_best": max(pod),
                         "qps_local_median": round(statistics.median(local)),
@@ -295,19 +305,22 @@ def run(out_dir: Path) -> dict[str, Any]:
           f"pinned to CPU {CLIENT_CPU}; each server pinned to CPU {SERVER_CPU}; "
           f"{SERVICES} Services, a headless Service with {ENDPOINTS} endpoints; "
           f"load average at the end: {os.getloadavg()[0]:.1f}.", "",
-          "Client `pod`: a pod on the other node (the path of a pod's query); `local`: "
-          "dnsperf in the server's own namespace (the server alone). Latency percentiles "
+          "Client `pod`: a pod on the other node (the path of a pod's query); `node pod`: "
+          "a pod on the server's node (bridged); `local`: dnsperf in the server's own "
+          "namespace (the server alone). Latency percentiles "
           f"at a fixed {LATENCY_QPS} qps from the pod. `CPU us/query`: the server "
           "process's own CPU time (user + system, /proc, the kernel's receive path "
           "included when it runs in the server's context) per answered query, median of "
           "the rounds; `qps/core` = 1 s / that: the rate one core sustains, which the "
           "machine's other load does not distort the way it distorts wall-clock rates.", "",
           "| server | CPU us/query local (qps/core) | CPU us/query pod (qps/core) | "
-          "qps pod (median / best) | qps local (median / best) | p50 ms | p99 ms |",
-          "|---|---|---|---|---|---|---|"]
+          "qps pod (median / best) | qps node pod (median / best, CPU us/query) | "
+          "qps local (median / best) | p50 ms | p99 ms |",
+          "|---|---|---|---|---|---|---|---|"]
     md += [f"| {s['server']} | {s['cpu_us_local']} ({s['qps_per_core_local']}) | "
            f"{s['cpu_us_pod']} ({s['qps_per_core_pod']}) | "
            f"{s['qps_pod_median']} / {s['qps_pod_best']} | "
+           f"{s['qps_node_pod_median']} / {s['qps_node_pod_best']}, {s['cpu_us_node_pod']} | "
            f"{s['qps_local_median']} / {s['qps_local_best']} | {s['p50_ms']} | "
            f"{s['p99_ms']} |" for s in summary]
     md += ["", f"Record change served after the EndpointSlice PATCH ({CHANGES} changes): "
