@@ -158,28 +158,8 @@ class KubeProxy(Addon):
                   "metadata": dict(meta), "addressType": "IPv4", "ports": [port],
                   "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}
                                 for ip in ips]}
-        for resource, obj in (("endpoints", endpoints), ("endpointslices", slice_)):
+        for obj in (endpoints, slice_):  # the lists are atomic: a patch replaces them
             try:
-                _put(control.client, resource, obj)
+                control.client.apply(obj)
             except ApiError as exc:
-                log.warning("cannot publish the kubernetes Service's %s: %s", resource, exc)
-
-
-def _put(client: Any, resource: str, obj: dict[str, Any]) -> None:
-    """Create ``obj``, or replace the existing one's content (kept on a conflict)."""
-    try:
-        client.create(resource, obj, "default")
-        return
-    except ApiError as exc:
-        if exc.code != 409:
-            raise
-    for _ in range(5):
-        have = client.get(resource, obj["metadata"]["name"], "default")
-        new = {**have, **{k: v for k, v in obj.items() if k != "metadata"}}
-        new["metadata"] = {**have["metadata"], "labels": obj["metadata"]["labels"]}
-        try:
-            client.update(resource, new, "default")
-            return
-        except ApiError as exc:
-            if exc.code != 409:
-                raise
+                log.warning("cannot publish the kubernetes Service's %s: %s", obj["kind"], exc)
