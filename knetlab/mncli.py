@@ -101,7 +101,8 @@ class KnetCLI(CLI):
         args = line.split()
         sample = int(args[0]) if args and args[0].isdigit() else None
         output(format_report(self.cluster.check(sample)) + "\n")
-        for note in self.cluster.state().get("check_notes", []):  # the data plane's caveats
+        backend = self.cluster.backend  # its caveats (macvlan), not the whole lab's state
+        for note in (backend.describe() if backend else {}).get("check_notes", []):
             output(f"note: {note}\n")
 
     def do_kubectl(self, line: str) -> None:
