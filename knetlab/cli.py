@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def subcommands() -> dict[str, str]:
+    """Every ``knetlab`` subcommand and its one-line help (the Mininet CLI offers them)."""
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a.help or "" for a in sub._choices_actions}
+
+
 def _extension_modules() -> list[Any]:
     """Feature modules that add subcommands (``add_commands(subparsers, cluster_arg)``)."""
     import importlib

@@ -511,14 +511,11 @@ class Cluster:
            "docker", "fault")
 
     def rpc(self, op: str, args: dict[str, Any]) -> Any:
-        """Run one named operation for a remote caller; only RPC names (and the data
-        plane's ``rpc_methods``) are reachable."""
-        if op in self.RPC:
-            result = getattr(self, op)(**args)
-        elif self.backend and op in self.backend.rpc_methods():
-            result = self.backend.rpc_methods()[op](**args)
-        else:
+        """Run one named operation for a remote caller; only RPC names are reachable (a
+        command's own in-lab half: ``knetlab.supervisor.call_in_lab``)."""
+        if op not in self.RPC:
             raise KnetlabError(f"unknown operation {op!r}")
+        result = getattr(self, op)(**args)
         return result.name if isinstance(result, NetnsHost) else result
 
     def check_report(self, sample: int | None = None) -> str:

@@ -1,7 +1,9 @@
 """The one small interface every cross-node data plane implements, and the registry by name.
 
 Adding a data plane is adding one module with a ``Backend`` subclass decorated with
-``@register``; nothing else in knetlab branches on the data plane's name.
+``@register``; nothing else in knetlab branches on the data plane's name. Its commands, if
+any, are declared in its ``commands.py`` (named in ``knetlab.cli.EXTENSIONS``), the one way
+every command is declared: the shell's ``knetlab NAME`` and the Mininet CLI's ``NAME``.
 
 Life cycle, driven by ``Cluster``::
 
@@ -17,7 +19,6 @@ Life cycle, driven by ``Cluster``::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from knetlab.errors import ConfigError
@@ -79,14 +80,6 @@ class Backend:
 
     def teardown(self) -> None:
         pass
-
-    def rpc_methods(self) -> dict[str, Callable[..., Any]]:
-        """Operations the CLI may call through the supervisor (``knetlab bgp ...``)."""
-        return {}
-
-    def cli_commands(self) -> dict[str, Callable[[str], str]]:
-        """Extra Mininet CLI commands: name -> function(line) returning the text to print."""
-        return {}
 
     def describe(self) -> dict[str, Any]:
         """Extra facts for ``knetlab status`` (daemons, leases, ...)."""

@@ -1,23 +1,28 @@
-"""The Mininet CLI with cluster commands: pods and nodes are hosts (``pod-1-0 ping pod-2-0``),
-plus ``pods``, ``nodes``, ``routes NODE``, ``check``, ``kubectl``, ``status`` and the data
-plane's own; ``help`` lists them all beside Mininet's."""
+"""The Mininet CLI of a lab: pods and nodes are hosts (``pod-1-0 ping pod-2-0``), and every
+``knetlab`` command that acts on a running lab is a command here too, declared once in its
+feature's ``commands.py``: ``check``, ``kubectl get pods``, ``bgp status node-1``,
+``flows node-1``, ``proxy rules node-1``... Each runs as the ``knetlab`` process a user
+would start in another terminal (``KNETLAB_CLUSTER`` names this lab), against the request
+socket this CLI serves meanwhile. ``pods``, ``nodes`` and ``routes`` are the CLI's own."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 from mininet.cli import CLI
 from mininet.log import output
 
-from knetlab.check import format_report
 from knetlab.errors import KnetlabError
 
 if TYPE_CHECKING:
     from knetlab.cluster import Cluster
+
+#: knetlab commands not offered here: they make, end or remove labs, not act on this one
+NOT_IN_CLI = ("up", "down", "clean", "compare")
 
 
 class KnetCLI(CLI):
@@ -26,30 +31,45 @@ class KnetCLI(CLI):
     identchars = CLI.identchars + "-"
 
     def __init__(self, cluster: Cluster, **kw: Any) -> None:
+        from knetlab.cli import subcommands
+        from knetlab.supervisor import RequestServer
         self.cluster = cluster
-        assert cluster.backend
-        # The data plane's commands (``bgp``, ``leases``, ``flows``...) exist only on this
-        # instance: set before Mininet's __init__, which runs the command loop.
-        self.plane_commands: dict[str, str] = {}
-        for name, fn in cluster.backend.cli_commands().items():
-            doc = ((fn.__doc__ or "").strip()
-                   or f"{name}: a command of the {cluster.backend.name} data plane")
-            setattr(self, f"do_{name}", self._wrap(fn, doc))
-            self.plane_commands[name] = doc
-        super().__init__(cluster.net, **kw)
+        # Set on the instance before Mininet's __init__, which runs the command loop.
+        self.lab_commands = {name: helptext for name, helptext in subcommands().items()
+                             if name not in NOT_IN_CLI and not hasattr(CLI, f"do_{name}")}
+        for name, helptext in self.lab_commands.items():
+            setattr(self, f"do_{name}", self._knetlab_command(name, helptext))
+        self.server = RequestServer(cluster)
+        try:
+            super().__init__(cluster.net, **kw)
+        finally:
+            self.server.close()
 
-    @staticmethod
-    def _wrap(fn: Any, doc: str) -> Any:
+    def _knetlab_command(self, name: str, helptext: str) -> Any:
         def do(line: str) -> None:
+            env = {**os.environ, "KNETLAB_CLUSTER": self.cluster.rundir.cluster}
             try:
-                output(fn(line) + "\n")
-            except KnetlabError as exc:
+                argv = shlex.split(line)
+            except ValueError as exc:
                 output(f"error: {exc}\n")
-        do.__doc__ = doc  # what ``help NAME`` prints
+                return
+            subprocess.run([sys.executable, "-m", "knetlab.cli", name, *argv], env=env,
+                           check=False)
+        do.__doc__ = f"{helptext}\n(`knetlab {name}` on this lab; `{name} -h` for its arguments)"
         return do
 
+    def onecmd(self, line: str) -> Any:
+        # The knetlab commands run as processes that may send requests to this lab: not
+        # under the lock its request server takes; everything else (Mininet's commands
+        # drive the hosts' shells from this thread) is.
+        words = line.split()
+        if words and words[0] in self.lab_commands:
+            return super().onecmd(line)
+        with self.server.lock:
+            return super().onecmd(line)
+
     def get_names(self) -> list[str]:
-        # Cmd's help lists dir(class); the data plane's commands are the instance's own.
+        # Cmd's help lists dir(class); the knetlab commands are the instance's own.
         return dir(self)
 
     def do_help(self, line: str) -> None:
@@ -62,11 +82,11 @@ class KnetCLI(CLI):
         """knetlab's commands, each with the first line of its description."""
         docs = {name[3:]: getattr(self, name).__doc__ or "" for name in vars(KnetCLI)
                 if name.startswith("do_") and name != "do_help"}
-        docs.update(self.plane_commands)
-        rows = [f"  {name:<10} {doc.strip().splitlines()[0] if doc.strip() else ''}"
+        docs.update(self.lab_commands)
+        rows = [f"  {name:<14} {doc.strip().splitlines()[0] if doc.strip() else ''}"
                 for name, doc in sorted(docs.items())]
-        return ("\nknetlab's commands (pods and nodes are hosts too: pod-1-0 ping pod-2-0):\n"
-                + "\n".join(rows) + "\n")
+        return ("\nknetlab's commands (pods and nodes are hosts too: pod-1-0 ping pod-2-0; "
+                "NAME -h for arguments):\n" + "\n".join(rows) + "\n")
 
     def default(self, line: str) -> None:
         """``NAME CMD``: as Mininet's, with the API's pods as hosts too (``web-0 ping web-1``)."""
@@ -95,57 +115,6 @@ class KnetCLI(CLI):
             output(f"error: {exc}\n")
             return
         output(host.run(["ip", "route", "show"]).stdout)
-
-    def do_check(self, line: str) -> None:
-        """check [K]: prove the Kubernetes network model (K random peers per pod)."""
-        args = line.split()
-        sample = int(args[0]) if args and args[0].isdigit() else None
-        output(format_report(self.cluster.check(sample)) + "\n")
-        backend = self.cluster.backend  # its caveats (macvlan), not the whole lab's state
-        for note in (backend.describe() if backend else {}).get("check_notes", []):
-            output(f"note: {note}\n")
-
-    def do_kubectl(self, line: str) -> None:
-        """kubectl ARGS: kubectl against the lab's API server (its kubeconfig)."""
-        if self.cluster.control is None:
-            output("error: this lab runs without Kubernetes\n")
-            return
-        from knetlab.kube.commands import kubectl_binary
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.control.kubeconfig)}
-        subprocess.run([kubectl_binary(), *shlex.split(line)], env=env, check=False)
-
-    def do_status(self, _line: str) -> None:
-        """The lab's state as JSON (as ``knetlab status -o json``)."""
-        state = self.cluster.state()
-        state.pop("hosts", None)
-        output(json.dumps(state, indent=2) + "\n")
-
-    def do_trace(self, line: str) -> None:
-        """trace SRC DST [icmp|tcp PORT|udp PORT]: every hop of one marked probe."""
-        from knetlab.trace import format_trace, trace
-        args = line.split()
-        if len(args) not in (2, 4) or (len(args) == 4 and not args[3].isdigit()):
-            output("usage: trace SRC DST [icmp|tcp PORT|udp PORT]\n")
-            return
-        proto, port = (args[2], int(args[3])) if len(args) == 4 else (None, None)
-        try:
-            output(format_trace(trace(self.cluster.state(), args[0], args[1], proto, port))
-                   + "\n")
-        except KnetlabError as exc:
-            output(f"error: {exc}\n")
-
-    def do_graph(self, line: str) -> None:
-        """graph FILE: draw the lab (FILE .png, .svg or .dot)."""
-        from knetlab.graph import render, to_dot
-        if len(line.split()) != 1:
-            output("usage: graph FILE.png|FILE.svg|FILE.dot\n")
-            return
-        try:
-            output(f"drawn: {render(to_dot(self.cluster.state()), line.strip())}\n")
-        except KnetlabError as exc:
-            output(f"error: {exc}\n")
-
-
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

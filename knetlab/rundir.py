@@ -124,8 +124,9 @@ def pid_alive(pid: int, match: str = "") -> bool:
 # -- finding a running lab ---------------------------------------------------------
 
 def running_lab(name: str | None) -> tuple[RunDir, dict[str, Any]]:
-    """The run dir and state file of the lab ``name`` (or of the only one running) whose
-    owner (supervisor or Python program) is still alive."""
+    """The run dir and state file of the lab ``name`` (else ``$KNETLAB_CLUSTER``, else the
+    only one running) whose owner (supervisor or Python program) is still alive."""
+    name = name or os.environ.get("KNETLAB_CLUSTER") or None
     candidates = [RunDir(name)] if name else labs()
     live = []
     for rd in candidates:

@@ -3,18 +3,24 @@
 It is started by the CLI as ``python -m knetlab.supervisor TOPOLOGY``, prints ``READY`` (or
 ``ERROR: ...``) on stdout once the lab is up, then serves one JSON request per connection
 on ``<run dir>/supervisor.sock``: ``{"op": NAME, "args": {...}}`` -> ``{"ok": ..., ...}``.
-Only the operations in ``Cluster.RPC`` (and the data plane's) can be called. SIGTERM or
-the ``down`` operation tears the lab down.
+Only the operations in ``Cluster.RPC`` and the ``lab_*`` functions of the command modules
+(``call_in_lab``) can be called. SIGTERM or the ``down`` operation tears the lab down.
+
+A lab held open by ``knetlab up`` (or a Python program) in its Mininet CLI serves the same
+socket from a thread (``RequestServer``), so every command works against it too.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import signal
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from knetlab.errors import KnetlabError
@@ -41,6 +47,61 @@ def request(rd: RunDir, op: str, timeout: float = 300, **args: Any) -> Any:
     if not reply.get("ok"):
         raise KnetlabError(reply.get("error", "supervisor gave no answer"))
     return reply.get("result")
+
+
+def call_in_lab(rd: RunDir, fn: Callable[..., Any], timeout: float = 300, **args: Any) -> Any:
+    """Run a command's in-lab half ``fn(cluster, **args)`` in the process owning the lab:
+    how a command that must act on live objects (the OVS controller) reaches them."""
+    return request(rd, f"{fn.__module__}:{fn.__name__}", timeout, **args)
+
+
+def dispatch(cluster: Any, op: str, args: dict[str, Any]) -> Any:
+    """One request: a ``Cluster.RPC`` operation, or ``MODULE:lab_NAME`` of a command module
+    (``knetlab.cli.EXTENSIONS``; nothing else is importable this way)."""
+    module, sep, name = op.partition(":")
+    if not sep:
+        return cluster.rpc(op, args)
+    from knetlab.cli import EXTENSIONS
+    if module not in EXTENSIONS or not name.startswith("lab_"):
+        raise KnetlabError(f"unknown operation {op!r}")
+    return getattr(importlib.import_module(module), name)(cluster, **args)
+
+
+class RequestServer:
+    """Answers requests for a lab held open in a Mininet CLI, from a thread beside it.
+
+    ``lock`` keeps a request and a Mininet CLI command from driving the lab at once (the
+    CLI takes it for its in-process commands, not for the ``knetlab`` ones it runs as
+    processes, which may themselves be requests)."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        cluster.rundir.socket.unlink(missing_ok=True)
+        self._sock.bind(str(cluster.rundir.socket))
+        self._sock.listen(16)
+        self._sock.settimeout(0.5)
+        self._thread = threading.Thread(target=self._serve, name="knetlab-requests",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            with conn, self.lock:
+                _handle(self.cluster, conn, down_refusal=(
+                    "this lab is held open by a Mininet CLI: leave it (exit) to tear it down"))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+        self.cluster.rundir.socket.unlink(missing_ok=True)
 
 
 def serve(topology: str) -> int:
@@ -90,7 +151,7 @@ def serve(topology: str) -> int:
     return 0
 
 
-def _handle(cluster: Any, conn: socket.socket) -> bool:
+def _handle(cluster: Any, conn: socket.socket, down_refusal: str = "") -> bool:
     conn.settimeout(30)
     data = b""
     while not data.endswith(b"\n"):
@@ -101,10 +162,12 @@ def _handle(cluster: Any, conn: socket.socket) -> bool:
     try:
         req = json.loads(data)
         op, args = req["op"], req.get("args", {})
+        if op == "down" and down_refusal:
+            raise KnetlabError(down_refusal)
         if op == "down":
             conn.sendall(json.dumps({"ok": True, "result": "stopping"}).encode())
             return True
-        result = cluster.rpc(op, args)
+        result = dispatch(cluster, op, args)
         reply = {"ok": True, "result": result}
     except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
         log.exception("request failed")

@@ -160,6 +160,11 @@ def _load(d: Path) -> dict[str, Any]:
 
 def status_text(rundir: RunDir, owner: str | None = None) -> str:
     speakers = _speakers(rundir)
+    if not speakers:
+        raise NotFoundError(f"lab {rundir.cluster} runs no BGP speaker (BGP comes with the "
+                            "calico-* data planes and the bgp underlay)")
+    if owner and owner not in speakers:
+        raise NotFoundError(f"no BGP speaker on {owner!r}; speakers: {', '.join(speakers)}")
     owners = [owner] if owner else list(speakers)
     parts = []
     for o in owners:

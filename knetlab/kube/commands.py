@@ -34,7 +34,7 @@ def kube_state(cluster: str | None) -> dict[str, str]:
     """The lab's Kubernetes endpoints; with several labs running, ``--cluster`` (or, for
     kubectl and etcdctl whose flags are all theirs, ``KNETLAB_CLUSTER``) picks one."""
     from knetlab.rundir import running_lab
-    rd, state = running_lab(cluster or os.environ.get("KNETLAB_CLUSTER"))
+    rd, state = running_lab(cluster)
     kube = state.get("kubernetes")
     if not kube:
         raise KnetlabError(f"lab {rd.cluster} runs without Kubernetes (topology has "
@@ -68,7 +68,7 @@ def cmd_etcdctl(args: argparse.Namespace) -> int:
     from knetlab.kube.etcd import EtcdDaemon, etcdctl_tls_args
     from knetlab.labstore import OWNER, lab_store
     from knetlab.rundir import running_lab
-    rd, _ = running_lab(os.environ.get("KNETLAB_CLUSTER"))
+    rd, _ = running_lab(None)  # $KNETLAB_CLUSTER picks one of several
     lab_store(rd)  # says so if the lab has no etcd
     etcd = EtcdDaemon(rd, OWNER)
     tls = etcdctl_tls_args(etcd.kube_dir) if etcd.tls else []

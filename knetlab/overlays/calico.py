@@ -562,12 +562,6 @@ class CalicoBgpBackend(CalicoIpamBackend):
                         "reflector": self.settings["impl"], "reflectors": self.rr_ips,
                         "speakers": {n: d.pid for n, d in self.speakers.items()}}}
 
-    def cli_commands(self) -> dict[str, Any]:
-        from knetlab.bgp import status
-        rundir = self.cluster.rundir
-        return {"bgp": lambda line: status.status_text(rundir, line.strip() or None),
-                "bgproutes": lambda line: status.routes_text(rundir, line.strip())}
-
 
 @register
 class CalicoIpipBackend(CalicoBgpBackend):

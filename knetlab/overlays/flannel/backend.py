@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from knetlab.dataplane import Backend, register
@@ -147,16 +146,6 @@ class FlannelBackend(Backend):
         """Stop (if running) and start a node's agent; returns the new pid."""
         with self.lock:
             return self._restart("agent", node)
-
-    def rpc_methods(self) -> dict[str, Callable[..., Any]]:
-        return {"flannel_leases": self.lease_table, "flannel_restart_agent": self.restart_agent}
-
-    def cli_commands(self) -> dict[str, Callable[[str], str]]:
-        return {"leases": lambda _line: self.lease_table()}
-
-    def lease_table(self) -> str:
-        return format_leases(subnet.leases(self.store, with_ttl=True), self.settings,
-                             self.node_names())
 
     def node_names(self) -> dict[str, str]:
         """node IP -> node name (flanneld's leases name no node, only its PublicIP)."""

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import shutil
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from knetlab.cni.plugins.ovs import OVS_NODES, OVS_PODS
@@ -179,11 +178,6 @@ class OvsBackend(Backend):
         sw = self._switch(node)
         return format_flows(sw.ofctl("dump-flows", "--no-stats"))
 
-    def ofctl(self, node: str, args: list[str]) -> str:
-        if not args:
-            raise KnetlabError("usage: ofctl NODE COMMAND [ARGS...] (e.g. dump-flows, show)")
-        return self._switch(node).ofctl(*args)
-
     def controller_action(self, action: str) -> dict[str, Any]:
         """Stop, start or restart the os-ken controller (switches keep their flows)."""
         assert self.controller
@@ -197,39 +191,11 @@ class OvsBackend(Backend):
             self.wait_programmed()
         return self.controller.status()
 
-    def controller_status(self) -> dict[str, Any]:
-        assert self.controller
-        return self.controller.status()
-
     def _switch(self, node: str) -> NodeSwitch:
         if node not in self.switches:
             raise KnetlabError(f"no node {node!r} with an OVS in cluster "
                                f"{self.cluster.spec.name}; nodes: {', '.join(self.switches)}")
         return self.switches[node]
-
-    def rpc_methods(self) -> dict[str, Callable[..., Any]]:
-        return {"ovs_flows": self.flows, "ovs_ofctl": self.ofctl,
-                "ovs_status": self.controller_status, "ovs_controller": self.controller_action}
-
-    def cli_commands(self) -> dict[str, Callable[[str], str]]:
-        def flows(line: str) -> str:
-            args = line.split()
-            if len(args) != 1:
-                return "usage: flows NODE"
-            return self.flows(args[0])
-
-        def ofctl(line: str) -> str:
-            args = line.split()
-            if len(args) < 2:
-                return "usage: ofctl NODE COMMAND [ARGS...]"
-            return self.ofctl(args[0], args[1:])
-        def controller(line: str) -> str:
-            args = line.split()
-            if len(args) != 1:
-                return "usage: controller stop|start|restart"
-            status = self.controller_action(args[0])
-            return f"os-ken {'running, pid ' + str(status['pid']) if status['running'] else 'DOWN'}"
-        return {"flows": flows, "ofctl": ofctl, "controller": controller}
 
     def describe(self) -> dict[str, Any]:
         if not self.controller:

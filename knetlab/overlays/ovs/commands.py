@@ -109,7 +109,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from knetlab.supervisor import request
+    from knetlab.supervisor import call_in_lab
     rd, _ = _lab(args)
-    request(rd, "ovs_controller", action=args.action)
+    call_in_lab(rd, lab_controller, action=args.action)
     return cmd_status(args)
+
+
+def lab_controller(cluster: Any, action: str) -> dict[str, Any]:
+    """In the lab's process: stop, start or restart its os-ken controller."""
+    return cluster.backend.controller_action(action)

@@ -23,7 +23,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -227,20 +226,6 @@ class WeaveBackend(Backend):
             self.routers.clear()
 
     # -- what users see --------------------------------------------------------------
-    def statuses(self) -> dict[str, dict[str, Any] | None]:
-        return {name: router.status() for name, router in self.routers.items()}
-
-    def rpc_methods(self) -> dict[str, Callable[..., Any]]:
-        return {"weave_status": self.statuses}
-
-    def cli_commands(self) -> dict[str, Callable[[str], str]]:
-        from knetlab.overlays.weave.commands import format_status
-
-        def weave(_line: str) -> str:
-            """weave: peers, connections, mode and IPAM of every node's weave router."""
-            return format_status(self.statuses())
-        return {"weave": weave}
-
     def describe(self) -> dict[str, Any]:
         enc = "encrypted (NaCl secretbox)" if self.settings["password"] else "not encrypted"
         return {
