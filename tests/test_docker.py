@@ -225,6 +225,10 @@ def test_overlay_between_nodes_is_vxlan(lab: Cluster) -> None:
         view = docker(lab, "node-2", "network", "inspect", "ov")
         assert '"Peers"' in view and lab.node("node-1").node_ip in view
         assert n2.run(["ip", "link", "show", "type", "vxlan"]).stdout == ""  # never joined
+        # knetlab's own keys in the lab's etcd, under its prefix beside flannel's and Calico's
+        assert lab.store is not None
+        assert set(lab.store.list("/knetlab/docker/overlay/ov/endpoints")) >= {
+            "/knetlab/docker/overlay/ov/endpoints/o1", "/knetlab/docker/overlay/ov/endpoints/o3"}
     finally:
         docker(lab, "node-1", "rm", "-f", "o1")
         docker(lab, "node-3", "rm", "-f", "o3")

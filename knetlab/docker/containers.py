@@ -116,9 +116,9 @@ def join(engine: Engine, c: Container, net: Network, ip: str = "") -> Endpoint:
     ep.mac = (json.loads(out.stdout or "[{}]") or [{}])[0].get("address", "")
     if net.driver == "overlay":
         store = engine.service.store
-        store.put(f"docker/overlay/{net.name}/nodes/{engine.node.name}",
+        store.put(f"/knetlab/docker/overlay/{net.name}/nodes/{engine.node.name}",
                   {"ip": engine.node.node_ip})
-        store.put(f"docker/overlay/{net.name}/endpoints/{c.name}",
+        store.put(f"/knetlab/docker/overlay/{net.name}/endpoints/{c.name}",
                   {"container": c.name, "id": eid, "ip": ep.ip, "mac": ep.mac,
                    "node": engine.node.name, "node_ip": engine.node.node_ip})
         engine.service.sync_overlay(net)
@@ -148,7 +148,7 @@ def _teardown(engine: Engine, c: Container) -> None:
         DRIVERS[net.driver].leave(engine, net, ep)
         engine._release_ip(net, ep.ip)
         if net.driver == "overlay":
-            engine.service.store.delete(f"docker/overlay/{net.name}/endpoints/{c.name}")
+            engine.service.store.delete(f"/knetlab/docker/overlay/{net.name}/endpoints/{c.name}")
     c.endpoints = []  # released once: the addresses may go to the next container
     engine.ports.release(c.name)
     c.bindings = []

@@ -4,7 +4,7 @@ What dockerd keeps per host. A *sandbox* is the container's network namespace (a
 host holding it, so the Mininet CLI reaches the container by name); an *endpoint* joins a
 sandbox to a *network*; the network's driver (``drivers``) does the kernel work. Local
 networks (bridge, macvlan) live in the engine; overlay networks are swarm-scoped and live
-in the cluster store (``docker/networks/NAME``), with their peers, endpoints and address
+in the cluster store (``/knetlab/docker/networks/NAME``), with their peers, endpoints and address
 claims, so every node's engine sees them.
 
 Rules are level-triggered: every change re-renders Docker's whole ruleset for the node
@@ -149,7 +149,7 @@ class Engine:
     # -- networks ----------------------------------------------------------------
     def all_networks(self) -> dict[str, Network]:
         out = dict(self.networks)
-        for rec in self.service.store.list("docker/networks").values():
+        for rec in self.service.store.list("/knetlab/docker/networks").values():
             out[rec["name"]] = Network(**rec)
         return out
 
@@ -187,7 +187,7 @@ class Engine:
             net.ifname = f"mv-{nid[:12]}"
         if driver == "overlay":
             net.ifname, net.vni = f"ov-{nid[:12]}", 4096 + int(nid[:4], 16) % 4096
-            if not self.service.store.create(f"docker/networks/{name}", net.record()):
+            if not self.service.store.create(f"/knetlab/docker/networks/{name}", net.record()):
                 raise DockerError(f"network with name {name} already exists")
             return net
         self._add_local(net)
@@ -212,7 +212,7 @@ class Engine:
                  for e in c.endpoints if e.network == net.name]
         if net.driver == "overlay":
             users += [v["container"] for v in self.service.store.list(
-                f"docker/overlay/{net.name}/endpoints").values()]
+                f"/knetlab/docker/overlay/{net.name}/endpoints").values()]
         if users:
             raise DockerError(f"error while removing network: network {net.name} id {net.id} "
                               f"has active endpoints ({', '.join(users)})")
@@ -220,9 +220,9 @@ class Engine:
         if net.driver == "overlay":
             for eng in self.service.engines.values():
                 DRIVERS["overlay"].delete(eng, net)
-            for key in self.service.store.list(f"docker/overlay/{net.name}"):
+            for key in self.service.store.list(f"/knetlab/docker/overlay/{net.name}"):
                 self.service.store.delete(key)
-            self.service.store.delete(f"docker/networks/{net.name}")
+            self.service.store.delete(f"/knetlab/docker/networks/{net.name}")
         else:
             del self.networks[net.name]
         self.reconcile()
@@ -236,7 +236,7 @@ class Engine:
             if ip in skip or ip == net.gateway or ip == net.options.get("aux_host"):
                 continue
             if net.driver == "overlay":
-                if self.service.store.create(f"docker/overlay/{net.name}/ips/{ip}",
+                if self.service.store.create(f"/knetlab/docker/overlay/{net.name}/ips/{ip}",
                                              {"container": container, "node": self.node.name}):
                     return ip
             elif ip not in net.used:
@@ -247,7 +247,7 @@ class Engine:
 
     def _release_ip(self, net: Network, ip: str) -> None:
         if net.driver == "overlay":
-            self.service.store.delete(f"docker/overlay/{net.name}/ips/{ip}")
+            self.service.store.delete(f"/knetlab/docker/overlay/{net.name}/ips/{ip}")
         else:
             local = self.networks.get(net.name)
             if local:
@@ -313,7 +313,8 @@ class DockerService:
 
     def sync_overlay(self, net: Network) -> None:
         """Every node that joined ``net`` floods to every other one (peers from the store)."""
-        peers = [v["ip"] for v in self.store.list(f"docker/overlay/{net.name}/nodes").values()]
+        nodes = self.store.list(f"/knetlab/docker/overlay/{net.name}/nodes")
+        peers = [v["ip"] for v in nodes.values()]
         for eng in self.engines.values():
             DRIVERS["overlay"].sync(eng, net, peers)
 

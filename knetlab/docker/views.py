@@ -79,7 +79,7 @@ def inspect(engine: Engine, net: Network) -> str:
     if net.driver == "overlay":
         store = engine.service.store
         view["Peers"] = [{"Name": k.rsplit("/", 1)[1], "IP": v["ip"]} for k, v in
-                         store.list(f"docker/overlay/{net.name}/nodes").items()]
+                         store.list(f"/knetlab/docker/overlay/{net.name}/nodes").items()]
         view["Endpoints (cluster store)"] = list(
-            store.list(f"docker/overlay/{net.name}/endpoints").values())
+            store.list(f"/knetlab/docker/overlay/{net.name}/endpoints").values())
     return json.dumps([view], indent=4) + "\n"
