@@ -109,8 +109,10 @@ def profile_plane(plane: str, pods: int, kubernetes: bool, out_dir: Path,
     from knetlab.cluster import Cluster
     from knetlab.topologies.schema import load_topology
     topo = out_dir / f"podcost-{plane}-{'k8s' if kubernetes else 'nok8s'}.yaml"
+    # macvlan's pods take addresses of the segment itself: a /24 slice per node
+    cidr = "192.168.0.0/16" if plane == "macvlan" else "192.168.0.0/24"
     topo.write_text(f"name: {LAB_PREFIX}-cost\ndataplane: {plane}\nunderlay:\n  type: segment\n"
-                    f"  cidr: 192.168.0.0/24\nnodes: {{count: {nodes}}}\n"
+                    f"  cidr: {cidr}\nnodes: {{count: {nodes}}}\n"
                     f"pods: {{perNode: 0}}\nkubernetes: {str(kubernetes).lower()}\n")
     cluster = Cluster(load_topology(topo))
     # Torn down inside both cgroups: once empty, they can be removed on the way out.
