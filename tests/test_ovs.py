@@ -84,6 +84,23 @@ def _drift_is_repaired_on_reconnect(c) -> None:  # noqa: ANN001
     assert _flow_counts(c, "node-2") == want
 
 
+def _pod_wired_by_agent(c, pod, node_name: str) -> None:  # noqa: ANN001
+    """The node's CNI agent served the pod's ADD; its host port is a port of the down
+    ``ovs-sink`` bridge (the kernel drops its frames; vswitchd reads them first) and has
+    no IPv6; the pod's eth0 has tx checksum offload off."""
+    node, sw = c.node(node_name), c.backend.switches[node_name]
+    log = sw.agent.log_file.read_text()
+    assert "ADD " in log and "exit 0" in log, log[-2000:]
+    port = sw.ovs.vsctl("--bare", "--columns=name", "find", "interface",
+                        f"external_ids:ip={pod.ip}").strip()
+    assert port, f"no OVS port with external_ids:ip={pod.ip}"
+    shown = node.run(["ip", "-d", "link", "show", port]).stdout
+    assert "master ovs-sink" in shown and "state disabled" in shown, shown
+    assert not node.run(["ip", "-6", "addr", "show", "dev", port]).stdout.strip()
+    features = pod.run(["ethtool", "-k", "eth0"]).stdout
+    assert "tx-checksumming: off" in features, features
+
+
 @needs_root
 @pytest.mark.e2e
 def test_ovs_vxlan_end_to_end(lab) -> None:  # noqa: ANN001
@@ -137,6 +154,7 @@ def test_ovs_vxlan_end_to_end(lab) -> None:  # noqa: ANN001
     # Its node gains its ARP, L3 and output flows; the others route its subnet already.
     assert sum(_flow_counts(c, "node-1").values()) == before["node-1"] + 3
     assert sum(_flow_counts(c, "node-2").values()) == before["node-2"]
+    _pod_wired_by_agent(c, late, "node-1")
     status = ctl.status()
     assert status["running"] and set(status["switches"]) == set(c.nodes)
 

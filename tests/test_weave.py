@@ -164,6 +164,71 @@ def test_kubelet_pods_get_weave_addresses_and_talk(enc: Cluster) -> None:
                                          "hostname"), 30, "node-1's pod reaches web-node-2")
 
 
+def run_plugin(name: str, command: str, conf: dict[str, Any], env: dict[str, str],
+               netns: str | None = None) -> tuple[int, dict[str, Any] | None]:
+    """Run knetlab's CNI plugin ``name`` (in ``netns`` if given) as a runtime does."""
+    from knetlab.cni.runtime import KNETLAB_PLUGINS
+    argv = [str(Path(KNETLAB_PLUGINS) / name)]
+    if netns:
+        argv = ["nsenter", f"--net={netns}", "--", *argv]
+    p = subprocess.run(argv, input=json.dumps(conf), capture_output=True, text=True, timeout=30,
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_PATH": KNETLAB_PLUGINS,
+                            "CNI_IFNAME": "eth0", **env, "CNI_COMMAND": command})
+    return p.returncode, json.loads(p.stdout) if p.stdout.strip() else None
+
+
+@needs_root
+def test_weave_net_plugin_is_served_by_the_router(enc: Cluster) -> None:
+    """weave-net hands each invocation to the node's router (the bridge plugin and weave-ipam,
+    warm): the lab's pods were wired there; an ADD by hand wires a pod that reaches the other
+    node's, CHECK and DEL work; with no router listening the client runs the plugin itself;
+    weave-ipam alone answers as a CNI IPAM plugin, its errors as the spec's JSON."""
+    node, router = enc.node("node-1"), enc.backend.routers["node-1"]  # type: ignore[union-attr]
+    assert re.search(r"weave\.cni: ADD \S+ eth0: exit 0 ",
+                     (router.dir / "weave-router.log").read_text())
+    net_d = enc.rundir.path / "nodes" / "node-1" / "cni" / "net.d" / "10-knetlab.conflist"
+    conflist = json.loads(net_d.read_text())
+    conf = {**conflist["plugins"][0], "cniVersion": conflist["cniVersion"],
+            "name": conflist["name"]}
+    assert conf["type"] == "weave-net" and conf["ipam"]["type"] == "weave-ipam"
+    ns = "wvt-cni"
+    env = {"CNI_CONTAINERID": "wvt-cni-1", "CNI_NETNS": f"/run/netns/{ns}"}
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        rc, result = run_plugin("weave-net", "ADD", conf, env, node.netns)
+        assert rc == 0 and result, result
+        ip = result["ips"][0]["address"].split("/")[0]
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network("10.32.0.0/12")
+        ping = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c2", "-W2",
+                               enc.pod("pod-2-0").ip], capture_output=True, text=True).stdout
+        assert " 0% packet loss" in ping, ping
+        assert run_plugin("weave-net", "CHECK", {**conf, "prevResult": result}, env,
+                          node.netns)[0] == 0
+        # No router listens in the scratch namespace: the client runs the plugin itself.
+        assert run_plugin("weave-net", "VERSION", {}, env, f"/run/netns/{ns}") == (
+            0, {"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0",
+                                                             "1.0.0", "1.1.0"]})
+        assert run_plugin("weave-net", "DEL", conf, env, node.netns) == (0, None)
+        assert "eth0" not in subprocess.run(["ip", "-n", ns, "link"], capture_output=True,
+                                            text=True).stdout
+    finally:
+        run_plugin("weave-net", "DEL", conf, env, node.netns)
+        subprocess.run(["ip", "netns", "del", ns])
+    # weave-ipam on its own (no netns needed: it only asks the router)
+    ipam = {"cniVersion": "1.0.0", "name": "weave", "ipam": conf["ipam"]}
+    env = {"CNI_CONTAINERID": "wvt-ipam-1", "CNI_NETNS": "/run/netns/none"}
+    rc, result = run_plugin("weave-ipam", "ADD", ipam, env)
+    assert rc == 0 and result and result["ips"][0]["gateway"] == router.status()["bridge"]["ip"]
+    assert run_plugin("weave-ipam", "CHECK", ipam, env)[0] == 0
+    assert run_plugin("weave-ipam", "DEL", ipam, env) == (0, None)
+    rc, err = run_plugin("weave-ipam", "CHECK", ipam, env)
+    assert rc == 1 and err and err["code"] == 7  # released: CHECK says so
+    gone = {**ipam, "ipam": {"type": "weave-ipam", "socket": "/nonexistent/weave.sock"}}
+    rc, err = run_plugin("weave-ipam", "ADD", gone, env)
+    assert rc == 1 and err and err["code"] == 11 and "cannot reach" in err["msg"]
+    assert run_plugin("weave-ipam", "DEL", gone, env) == (0, None)  # DEL must succeed
+
+
 @needs_root
 def test_capture_on_the_wire_shows_no_plaintext(enc: Cluster, tmp_path: Path) -> None:
     n1 = enc.node("node-1")
@@ -188,7 +253,7 @@ def test_node_added_learns_the_mesh_from_one_peer(enc: Cluster) -> None:
     poll(lambda: established(router.status()) == {"node-1", "node-2"}, 20,
          "node-3's router connected to both others")  # ...it found both
     pod = enc.add_pod("pod-3-0", "node-3")
-    assert "0% packet loss" in pod.cmd("ping -c2 -W2", enc.pod("pod-1-0").ip)
+    assert " 0% packet loss" in pod.cmd("ping -c2 -W2", enc.pod("pod-1-0").ip)
     enc.delete_node("node-3")
     poll(lambda: all("node-3" not in (r.status() or {}).get("ipam", {}).get("ring", {"node-3": 1})
                      for r in enc.backend.routers.values()), 20,  # type: ignore[union-attr]
@@ -207,7 +272,7 @@ def test_router_restarted_keeps_addresses(enc: Cluster) -> None:
     new = backend.routers["node-2"]  # type: ignore[union-attr]
     poll(lambda: established(new.status()) == {"node-1"}, 20, "node-2 back in the mesh")
     assert new.status()["ipam"]["owned"] == owned
-    assert "0% packet loss" in enc.pod("pod-1-0").cmd("ping -c2 -W2", enc.pod("pod-2-0").ip)
+    assert " 0% packet loss" in enc.pod("pod-1-0").cmd("ping -c2 -W2", enc.pod("pod-2-0").ip)
 
 
 # -- a plain lab: no password (frames in clear), no offload (one frame per MTU) ---------

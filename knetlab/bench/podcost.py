@@ -31,7 +31,9 @@ from typing import Any
 
 from knetlab.compare.cpu import LabCgroup
 
-PLANES = ["host-gw", "vpc-routes", "flannel-vxlan", "calico-bgp", "ovs-vxlan"]
+#: every data plane this kernel runs (calico-ipip and rancher-ipsec need IPIP and ESP, absent)
+PLANES = ["host-gw", "vpc-routes", "flannel-vxlan", "flannel-udp", "calico-bgp", "calico-vxlan",
+          "ovs-vxlan", "ovs-gre", "weave", "macvlan"]
 #: names of the profiler's lab and cgroups start with this (as in knetlab.bench.bringup)
 LAB_PREFIX = os.environ.get("KNETLAB_BENCH_LAB", "bench")
 

@@ -39,10 +39,14 @@ class Args:
     """The parsed invocation (no dataclass: plugin start-up time matters)."""
 
     def __init__(self, command: str, container_id: str, netns: str, ifname: str, args: str,
-                 path: list[str], conf: dict[str, Any], version: str) -> None:
+                 path: list[str], conf: dict[str, Any], version: str,
+                 env: dict[str, str] | None = None) -> None:
         self.command, self.container_id, self.netns, self.ifname = (command, container_id,
                                                                     netns, ifname)
         self.args, self.path, self.conf, self.version = args, path, conf, version
+        #: the invocation's environment: a delegate gets it (an agent serving many
+        #: invocations has no CNI_* of its own in os.environ)
+        self.env = env if env is not None else {}
 
     @property
     def prev_result(self) -> dict[str, Any] | None:
@@ -95,7 +99,7 @@ def _parse(env: dict[str, str], stdin: str) -> Args:
                        f"{command}", "STATUS and GC need cniVersion 1.1.0 or later")
     return Args(command, env.get("CNI_CONTAINERID", ""), env.get("CNI_NETNS", ""),
                 env.get("CNI_IFNAME", ""), env.get("CNI_ARGS", ""),
-                [p for p in env.get("CNI_PATH", "").split(":") if p], conf, version)
+                [p for p in env.get("CNI_PATH", "").split(":") if p], conf, version, env)
 
 
 def call(env: dict[str, str], stdin: str, add: Handler, delete: Handler, check: Handler,

@@ -35,6 +35,8 @@ def loads(text: str | bytes) -> Any:
         obj, end = _scan(text, 0)
     except StopIteration:
         raise ValueError("expecting a JSON value at char 0") from None
+    except SystemError:  # the C scanner's error needs json.decoder, which is not imported
+        raise ValueError("invalid JSON") from None
     if end != len(text):
         raise ValueError(f"extra data at char {end}")
     return obj

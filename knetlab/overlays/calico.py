@@ -43,6 +43,7 @@ from knetlab.daemon import DaemonError
 from knetlab.dataplane import Backend, register
 from knetlab.errors import KnetlabError
 from knetlab.nodes.host import NetnsHost
+from knetlab.overlays.calico_cni import CniAgents
 from knetlab.routes import reconcile_routes
 from knetlab.store import StoreError
 from knetlab.topologies.schema import NODE_HOST_OFFSET
@@ -104,6 +105,11 @@ class CalicoIpamBackend(Backend):
     MTU: ClassVar[int] = 1500  # the pods' MTU (tunnelling planes subtract their header)
     #: knetlab's own plugins: not among the reference ones (``cni: reference`` is refused)
     cni_plugins: ClassVar[tuple[str, ...]] = ("calico", "calico-ipam")
+
+    def __init__(self, cluster: Any) -> None:
+        super().__init__(cluster)
+        # each node's calico CNI agent: the plugin hands it the pod's wiring (calico_cni.py)
+        self.cni_agents = CniAgents(cluster.rundir)
 
     def block_store(self) -> BlockStore:
         assert self.cluster.store
@@ -379,6 +385,7 @@ class CalicoBgpBackend(CalicoIpamBackend):
         if not node_blocks(store, node.name):
             claim_block(store, self.settings["pool"], self.settings["block_size"], node.name)
         self.prepare_node(node)
+        self.cni_agents.ensure(node)
 
     def prepare_node(self, node: K8sNode) -> None:
         """Encapsulating variants create their tunnel device here."""
@@ -545,6 +552,7 @@ class CalicoBgpBackend(CalicoIpamBackend):
             speaker = self.speakers.pop(node.name, None)
             if speaker:
                 speaker.stop()  # SIGTERM: ExaBGP closes its sessions, peers withdraw at once
+        self.cni_agents.stop(node.name)
         self.release_blocks(node)
 
     def teardown(self) -> None:
@@ -553,6 +561,7 @@ class CalicoBgpBackend(CalicoIpamBackend):
             for daemon in [*self.speakers.values(), *self.reflectors.values()]:
                 daemon.stop()
             self.speakers, self.reflectors = {}, {}
+        self.cni_agents.stop_all()
 
     # -- views -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -622,6 +631,7 @@ class CalicoVxlanBackend(CalicoIpamBackend):
         vtep = allocate(self.block_store(), self.settings["pool"],
                         self.settings["block_size"], node.name, tunnel_handle("vxlan", node.name))
         self.device(node, vtep).ensure(node.netns)
+        self.cni_agents.ensure(node)
 
     def device(self, node: K8sNode, vtep: str | None = None) -> VxlanDevice:
         return VxlanDevice(self.DEV, self.VNI, node.node_ip, node.uplink, self.PORT, self.MTU,
@@ -678,10 +688,12 @@ class CalicoVxlanBackend(CalicoIpamBackend):
                     log.exception("calico-vxlan sync after a block claim failed")
 
     def remove_node(self, node: K8sNode) -> None:
+        self.cni_agents.stop(node.name)
         self.release_blocks(node)
 
     def teardown(self) -> None:
         self.stopping.set()
+        self.cni_agents.stop_all()
 
     def describe(self) -> dict[str, Any]:
         return {"vxlan": {"device": self.DEV, "vni": self.VNI, "mode": self.settings["mode"],

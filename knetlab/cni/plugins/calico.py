@@ -6,16 +6,22 @@ nothing is read back) spares the pod an ARP round trip. Host side (``cali`` + 11
 characters): proxy-ARP on (Calico's answer for 169.254.1.1 when the pod does ask) and a
 host route ``<pod>/32 dev cali...``, more specific than the blackhole of the node's block.
 IPAM by delegation (``calico-ipam``), STATUS and GC included.
+
+Where it runs: usually in the node's calico CNI agent (knetlab/cni/calico_agent.py), to
+which the plugin executable hands each invocation; in the plugin process itself where no
+agent listens. Either way the kernel is programmed over rtnetlink (knetlab/cni/rtnl.py),
+not by ``ip`` processes: they cost more CPU than the messages they send.
 """
 
 from __future__ import annotations
 
 # _sha1, not hashlib (which loads OpenSSL), no ipaddress, no subprocess: start-up time.
 import _sha1
+import os
 
+from knetlab.cni import rtnl
 from knetlab.cni.invoke import delegate
-from knetlab.cni.netutil import int_to_ip, ip_batch, parse_cidr, run
-from knetlab.cni.plugins.bridge import VETH_FAILED
+from knetlab.cni.netutil import int_to_ip, parse_cidr, run
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import INVALID_CONFIG, CNIError, add_result
 
@@ -25,6 +31,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 GATEWAY = "169.254.1.1"
+VETH_FAILED = 102  # plugin-specific code, as the bridge plugin's for the same failure
+ENODEV = 19
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
@@ -57,11 +65,11 @@ def _conf(args: Args) -> dict[str, Any]:
 
 def add(args: Args) -> dict[str, Any]:
     conf = _conf(args)
-    ipam = delegate(conf["ipam"]["type"], "ADD", conf) or {}
+    ipam = delegate(conf["ipam"]["type"], "ADD", conf, args.env) or {}
     try:
         return _wire(args, conf, ipam)
     except Exception:
-        delegate(conf["ipam"]["type"], "DEL", conf)  # roll back the address
+        delegate(conf["ipam"]["type"], "DEL", conf, args.env)  # roll back the address
         raise
 
 
@@ -69,26 +77,38 @@ def _wire(args: Args, conf: dict[str, Any], ipam: dict[str, Any]) -> dict[str, A
     if not ipam.get("ips"):
         raise CNIError(INVALID_CONFIG, "IPAM plugin returned no IP addresses")
     ip = _ipv4(ipam["ips"][0]["address"])
-    mtu = int(conf.get("mtu", 1500))
     veth = host_veth_name(args.container_id, args.ifname)
     host_mac, pod_mac = _mac(veth), _mac(f"{veth}/pod")
-    ip_batch([f"link add {veth} mtu {mtu} address {host_mac} type veth peer name "
-               f"{args.ifname} mtu {mtu} address {pod_mac} netns {args.netns}",
-               f"link set {veth} up",
-               f"route replace {ip}/32 dev {veth} scope link"],
-              None, f"create {veth} for {args.container_id}", VETH_FAILED)
-    # proxy_arp: answer for 169.254.1.1; neigh/proxy_delay 0: answer at once
-    for key, value in (("conf", "proxy_arp"), ("neigh", "proxy_delay"), ("conf", "forwarding")):
-        with open(f"/proc/sys/net/ipv4/{key}/{veth}/{value}", "w") as f:
-            f.write("0" if value == "proxy_delay" else "1")
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write("1")
-    ip_batch([f"addr add {ip}/32 dev {args.ifname}",
-               f"link set {args.ifname} up",
-               f"neigh replace {GATEWAY} lladdr {host_mac} dev {args.ifname} nud permanent",
-               f"route add {GATEWAY} dev {args.ifname} scope link",
-               f"route add default via {GATEWAY} dev {args.ifname}"],
-              args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
+    try:
+        pod_ns = os.open(args.netns, os.O_RDONLY)
+    except OSError as exc:
+        raise CNIError(VETH_FAILED, f"failed to open netns {args.netns!r}", exc.strerror
+                       ) from None
+    node_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # (an agent's thread's)
+    try:
+        # The node's socket stays open: it deletes the veth again if the pod's side fails.
+        with rtnl.Netlink() as node:
+            _netlink(node, [rtnl.veth_add(veth, int(conf.get("mtu", 1500)), host_mac,
+                                          args.ifname, pod_mac, pod_ns)],
+                     f"create {veth} for {args.container_id}")
+            try:
+                _host_side(node, veth, ip)
+                # The pod's side from inside it (no nsenter + ip): addresses and routes
+                # can only be set through a socket of the pod's namespace.
+                rtnl.enter_netns(pod_ns)
+                _pod_side(args.ifname, ip, host_mac, args.netns)
+            except BaseException:
+                try:
+                    node.request([rtnl.link_del(veth)])
+                except OSError:
+                    pass  # gone with the namespace already
+                raise
+    finally:
+        # Back home (the thread serves more invocations; the caller may still release
+        # the address over TCP), whatever happened.
+        rtnl.enter_netns(node_ns)
+        os.close(pod_ns)
+        os.close(node_ns)
     return add_result(args.version,
                       [{"name": veth, "mac": host_mac},
                        {"name": args.ifname, "mac": pod_mac, "sandbox": args.netns}],
@@ -96,16 +116,53 @@ def _wire(args: Args, conf: dict[str, Any], ipam: dict[str, Any]) -> dict[str, A
                       [{"dst": "0.0.0.0/0", "gw": GATEWAY}], conf.get("dns") or ipam.get("dns", {}))
 
 
+def _host_side(node: rtnl.Netlink, veth: str, ip: str) -> None:
+    """The /32 route to the pod, proxy-ARP (answer for 169.254.1.1, at once: proxy_delay 0)
+    and forwarding on the host end."""
+    _netlink(node, [rtnl.route(rtnl.link_index(veth), ip, 32, flags=rtnl.REPLACE)],
+             f"add the host route {ip}/32 dev {veth}")
+    for key, value in (("conf", "proxy_arp"), ("neigh", "proxy_delay"), ("conf", "forwarding")):
+        with open(f"/proc/sys/net/ipv4/{key}/{veth}/{value}", "w") as f:
+            f.write("0" if value == "proxy_delay" else "1")
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write("1")
+
+
+def _pod_side(ifname: str, ip: str, host_mac: str, netns: str) -> None:
+    """Inside the pod's namespace: the /32, the interface up, 169.254.1.1 on-link with a
+    permanent neighbour entry, the default route through it."""
+    with rtnl.Netlink() as pod:
+        index = rtnl.link_index(ifname)
+        _netlink(pod, [rtnl.addr_add(index, ip, 32), rtnl.link_up(index),
+                       rtnl.neigh_permanent(index, GATEWAY, host_mac),
+                       rtnl.route(index, GATEWAY, 32), rtnl.route(index, "0.0.0.0", 0, GATEWAY)],
+                 f"configure {ifname} in {netns}")
+
+
+def _netlink(sock: rtnl.Netlink, messages: list[tuple[int, int, bytes]], what: str) -> None:
+    try:
+        sock.request(messages)
+    except OSError as exc:
+        raise CNIError(VETH_FAILED, f"failed to {what}", exc.strerror or str(exc)) from None
+
+
 def delete(args: Args) -> None:
     conf = _conf(args)
-    delegate(conf["ipam"]["type"], "DEL", conf)
-    # Deleting the host end removes the pod end and the /32 route with it.
-    run(["ip", "link", "del", host_veth_name(args.container_id, args.ifname)])
+    delegate(conf["ipam"]["type"], "DEL", conf, args.env)
+    # Deleting the host end removes the pod end and the /32 route with it; DEL of what is
+    # gone already succeeds, as the spec asks.
+    veth = host_veth_name(args.container_id, args.ifname)
+    try:
+        with rtnl.Netlink() as node:
+            node.request([rtnl.link_del(veth)])
+    except OSError as exc:
+        if exc.errno != ENODEV:
+            raise CNIError(VETH_FAILED, f"failed to delete {veth}", exc.strerror) from None
 
 
 def check(args: Args) -> None:
     conf = _conf(args)
-    delegate(conf["ipam"]["type"], "CHECK", conf)
+    delegate(conf["ipam"]["type"], "CHECK", conf, args.env)
     veth = host_veth_name(args.container_id, args.ifname)
     rc, out, _ = run(["ip", "-o", "route", "show", "dev", veth])
     if rc or "scope link" not in out:
@@ -115,14 +172,14 @@ def check(args: Args) -> None:
 def status(args: Args) -> None:
     """Ready when IPAM is: the routed veth needs nothing shared but addresses."""
     conf = _conf(args)
-    delegate(conf["ipam"]["type"], "STATUS", conf)
+    delegate(conf["ipam"]["type"], "STATUS", conf, args.env)
 
 
 def gc(args: Args) -> None:
     """IPAM's GC releases stale addresses; the veth and its /32 route went with the pod's
     namespace, so there is nothing else of an attachment left to collect."""
     conf = _conf(args)
-    delegate(conf["ipam"]["type"], "GC", conf)
+    delegate(conf["ipam"]["type"], "GC", conf, args.env)
 
 
 def main() -> None:

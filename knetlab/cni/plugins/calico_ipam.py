@@ -33,6 +33,8 @@ the calico plugin has them too)::
 
 from __future__ import annotations
 
+import _thread
+
 from knetlab.cni.netutil import int_to_ip, ip_to_int, parse_cidr
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import (
@@ -40,8 +42,10 @@ from knetlab.cni.types import (
     PLUGIN_NOT_AVAILABLE,
     CNIError,
     convert_result,
+    loads,
 )
-from knetlab.store import Store, StoreError, delete_op, put_op
+from knetlab.store import Store, StoreError, delete_op, prefix_end, put_op
+from knetlab.storewire import b64, unb64
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 
@@ -113,6 +117,9 @@ class BlockStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        #: node -> the names of its blocks when last read: a hint (never trusted alone)
+        #: that lets ``node_blocks`` read affinities and blocks in one request
+        self.hints: dict[str, list[str]] = {}
 
     def blocks(self) -> list[dict[str, Any]]:
         """Every block of every node, by address."""
@@ -130,13 +137,33 @@ class BlockStore:
         return out
 
     def node_blocks(self, node: str) -> list[dict[str, Any]]:
-        _, kvs = self.store.range(affinity_prefix(node), prefix=True, keys_only=True)
-        out = []
-        for key, _v, _r, _l in kvs:
-            raw, rev = self.store.get_kv(BLOCKS + key.rpartition("/")[2])
+        """The node's blocks (with their revisions), in one etcd request when the node's
+        blocks are those of the last read: one read-only transaction ranges over the
+        node's affinity keys and, in the same snapshot, over the blocks last seen; only
+        blocks the affinities name beyond those take a second request."""
+        prefix = affinity_prefix(node)
+        hint = self.hints.get(node, [])
+        ops = [{"request_range": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
+                                  "keys_only": True}}]
+        ops += [{"request_range": {"key": b64(BLOCKS + name)}} for name in hint]
+        out = self.store.call("/v3/kv/txn", {"compare": [], "success": ops, "failure": []})
+        ranges = [r.get("response_range") or {} for r in out.get("responses") or []]
+        if len(ranges) != len(ops):
+            raise StoreError(f"etcd txn: {len(ops)} ranges asked, {len(ranges)} answered")
+        names = [unb64(kv["key"]).decode().rpartition("/")[2]
+                 for kv in ranges[0].get("kvs") or []]
+        read = {}
+        for r in ranges[1:]:
+            for kv in r.get("kvs") or []:
+                read[unb64(kv["key"]).decode()[len(BLOCKS):]] = (
+                    loads(unb64(kv["value"])), int(kv.get("mod_revision", 0)))
+        blocks = []
+        for name in names:
+            raw, rev = read[name] if name in read else self.store.get_kv(BLOCKS + name)
             if raw is not None:
-                out.append(from_calico(raw, rev))
-        return out
+                blocks.append(from_calico(raw, rev))
+        self.hints[node] = names
+        return blocks
 
     def write(self, block: dict[str, Any], also: list[dict[str, Any]] | None = None) -> bool:
         """Write the block back if nobody changed it since it was read (``revision``)."""
@@ -210,7 +237,10 @@ def _handle_op(handle: str, cidr: str) -> dict[str, Any]:
 
 def allocate(store: BlockStore, pool: str, size: int, node: str, handle: str) -> str:
     """An address for ``handle`` from the node's blocks, claiming one more when they are
-    full. Idempotent: a handle keeps its address. A write that loses a race re-reads."""
+    full. Idempotent: a handle keeps its address. A write that loses a race re-reads; so
+    does a claim that finds the pool taken (racing ADDs of this node may have claimed the
+    blocks that now have room): only a pool full on a fresh read is an error."""
+    pool_full = False
     for _ in range(RETRIES):
         blocks = store.node_blocks(node)
         for b in blocks:
@@ -225,7 +255,12 @@ def allocate(store: BlockStore, pool: str, size: int, node: str, handle: str) ->
                     return free
                 break  # someone else wrote the block: read again
         else:
-            claim_block(store, pool, size, node)  # then allocate from it, next round
+            try:
+                claim_block(store, pool, size, node)  # then allocate from it, next round
+            except CNIError:
+                if pool_full:
+                    raise
+                pool_full = True
     raise CNIError(NO_ADDRESS, f"no address for {handle} on {node}: {RETRIES} writes lost "
                    "to racing writers")
 
@@ -262,10 +297,26 @@ def _config(args: Args) -> tuple[BlockStore, str, int, str]:
     if not 20 <= size <= 32:
         raise CNIError(INVALID_CONFIG, f"calico-ipam: blockSize {size} is not in 20..32")
     try:
-        store = Store.from_conf(conf)
+        store = _block_store(conf)
     except (StoreError, ValueError) as exc:
         raise CNIError(INVALID_CONFIG, f"calico-ipam: {exc}") from None
-    return BlockStore(store), pools[0], size, node
+    return store, pools[0], size, node
+
+
+#: one BlockStore (one kept-alive connection, the block hints) per datastore: the node's
+#: CNI agent serves every pod of its node from one process, so its requests skip the
+#: connect and read a node's blocks in one request (a plugin run has one invocation)
+_STORES: dict[tuple[str, ...], BlockStore] = {}
+
+
+def _block_store(conf: dict[str, Any]) -> BlockStore:
+    key = tuple(str(conf.get(k) or "") for k in ("etcd_endpoints", "etcd_authority",
+                                                   "etcd_scheme", "etcd_ca_cert_file",
+                                                   "etcd_cert_file", "etcd_key_file"))
+    store = _STORES.get(key)
+    if store is None:
+        store = _STORES[key] = BlockStore(Store.from_conf(conf))
+    return store
 
 
 def _handle(args: Args) -> str:
@@ -277,10 +328,17 @@ def _unavailable(exc: StoreError) -> CNIError:
     return CNIError(PLUGIN_NOT_AVAILABLE, "calico-ipam: the datastore is unusable", str(exc))
 
 
+#: Calico's host-wide IPAM lock, for the invocations one process serves (the node's CNI
+#: agent runs them in parallel): a node's concurrent ADDs take addresses one after the
+#: other instead of racing each other into claiming a block apiece
+IPAM_LOCK = _thread.allocate_lock()
+
+
 def add(args: Args) -> dict[str, Any]:
     store, pool, size, node = _config(args)
     try:
-        ip = allocate(store, pool, size, node, _handle(args))
+        with IPAM_LOCK:
+            ip = allocate(store, pool, size, node, _handle(args))
     except StoreError as exc:
         raise _unavailable(exc) from None
     result = {"cniVersion": args.version, "ips": [{"address": f"{ip}/32"}],
@@ -291,7 +349,8 @@ def add(args: Args) -> dict[str, Any]:
 def delete(args: Args) -> None:
     store, _pool, _size, node = _config(args)
     try:
-        release(store, node, _handle(args))
+        with IPAM_LOCK:
+            release(store, node, _handle(args))
     except StoreError as exc:
         raise _unavailable(exc) from None
 

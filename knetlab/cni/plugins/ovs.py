@@ -1,12 +1,14 @@
 """The ovs plugin: a veth into the pod, its host end a port of the node's ``br-int``.
 
 Runs in the node's network namespace. Steps of ADD: IPAM by delegation (host-local over
-the node's range) -> veth (MTU 1450, MACs derived from the address) -> pod side: address,
-default route via the pod gateway, ``ethtool -K eth0 tx off`` (the userspace datapath
-does not complete partial checksums) -> host side: an nft netdev ingress drop (the
-kernel must not also forward what OVS forwards) and the OVS port, with the ofport the
-pipeline expects -> the pod registered in the lab's etcd (``/knetlab/ovs/pods/PORT``), where
-the controller learns it -> wait (bounded) until the controller has programmed every switch.
+the node's range) -> veth (MTU 1450, MACs derived from the address; its host end a port
+of ``sinkBridge``, a down Linux bridge, or without one an nft netdev ingress drop: the
+kernel must not also forward what OVS forwards) -> pod side, from inside the pod's
+namespace: address, default route via the pod gateway, ``ethtool -K eth0 tx off`` (the
+userspace datapath does not complete partial checksums) -> the OVS port, with the ofport
+the pipeline expects, in one OVSDB transaction -> the pod registered in the lab's etcd
+(``/knetlab/ovs/pods/PORT``), where the controller learns it -> wait (bounded) until the
+controller has programmed every switch.
 
 The registry is keyed by the attachment (the host port, named from container id and
 interface, as CNI identifies an attachment), never by the pod's name: pods ``x/a`` and
@@ -17,7 +19,7 @@ If the controller is down, ADD still succeeds: the pod is in the store and gets 
 flows when the controller returns (as a pod waits for its CNI agent in a real cluster);
 STATUS says so (51). GC forgets the node's pods of attachments no longer valid.
 
-Options: ``bridge``, ``ovsdb`` (unix:PATH), ``mtu``, ``node``, ``podCIDR``, the etcd
+Options: ``bridge``, ``ovsdb`` (unix:PATH), ``sinkBridge``, ``mtu``, ``node``, ``podCIDR``, the etcd
 store as Calico names it (``etcd_endpoints``, ``etcd_ca_cert_file``, ``etcd_cert_file``,
 ``etcd_key_file``), ``controllerStatus``, ``controllerPidFile``, ``flowWait`` (s, default
 5), ``ipam``.
@@ -25,21 +27,24 @@ store as Calico names it (``etcd_endpoints``, ``etcd_ca_cert_file``, ``etcd_cert
 
 from __future__ import annotations
 
+import _socket
+import _struct
 import os
 import time
 
+from knetlab.cni import rtnl
 from knetlab.cni.invoke import delegate
 from knetlab.cni.netutil import (
     RUN_TIMEOUT,
     TIMED_OUT,
     int_to_ip,
-    ip_batch,
     local_mac,
     mac_for,
     parse_cidr,
     pod_lines,
     run,
 )
+from knetlab.cni.ovsdb import OvsdbError, omap, transact, where_name
 from knetlab.cni.plugins.bridge import host_veth_name
 from knetlab.cni.skel import Args, plugin_main
 from knetlab.cni.types import (
@@ -105,19 +110,23 @@ def _vsctl(conf: dict[str, Any], *args: str, check: bool = True) -> str:
                 f"ovs-vsctl {' '.join(args[:3])}", OVS_FAILED, check)
 
 
+_STORES: dict[str, Any] = {}  # by endpoint: an agent keeps one etcd connection per store
+
+
 def _store(conf: dict[str, Any]) -> Any:
     from knetlab.store import Store  # stdlib only
-    return Store.from_conf(conf)
+    store = Store.from_conf(conf)
+    return _STORES.setdefault(store.to_arg(), store)
 
 
 def add(args: Args) -> dict[str, Any]:
     conf = _conf(args)
-    ipam_result = delegate(conf["ipam"]["type"], "ADD", conf) or {}
+    ipam_result = delegate(conf["ipam"]["type"], "ADD", conf, args.env) or {}
     try:
         return _wire(args, conf, ipam_result)
     except Exception:
         _unwire(args, conf)
-        delegate(conf["ipam"]["type"], "DEL", conf)  # roll back the address
+        delegate(conf["ipam"]["type"], "DEL", conf, args.env)  # roll back the address
         raise
 
 
@@ -134,26 +143,31 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
     mtu = int(conf.get("mtu", 1450))
     veth = host_veth_name(args.container_id, args.ifname)
     pod_mac = mac_for(ip)
-    # A known host-side MAC: /sys/class/net here shows the root namespace, not the node's.
-    ip_batch([f"link add {veth} mtu {mtu} address {local_mac(veth)} type veth peer name "
-              f"{args.ifname} mtu {mtu} "
-              f"address {pod_mac} netns {args.netns}", f"link set {veth} up"],
-              None, f"create veth {veth} for {args.container_id}", VETH_FAILED)
-    pod, routes = pod_lines(args.ifname, addr, ipam_result, gw, default_route=True)
-    ip_batch(pod, args.netns, f"configure {args.ifname} in {args.netns}", VETH_FAILED)
-    _run(["nsenter", f"--net={args.netns}", "--", "ethtool", "-K", args.ifname, "tx", "off"],
-         f"turn off tx checksum offload on {args.ifname}", VETH_FAILED)
-    nft = (f"table netdev {NFT_TABLE} {{}}\nadd chain netdev {NFT_TABLE} in-{veth} {{ type "
-           f"filter hook ingress device \"{veth}\" priority 0; policy drop; }}\n")
-    rc, _, err = run(["nft", "-f", "-"], nft)
-    if rc != 0:
-        raise CNIError(VETH_FAILED, f"failed to add the ingress drop on {veth}", err)
+    sink = conf.get("sinkBridge")
+    _, routes = pod_lines(args.ifname, addr, ipam_result, gw, default_route=True)
+    try:
+        pod_ns = os.open(args.netns, os.O_RDONLY)
+    except OSError as exc:
+        raise CNIError(VETH_FAILED, f"failed to open netns {args.netns!r}", exc.strerror
+                       ) from None
+    node_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        _veth(args, veth, mtu, ip, plen, pod_mac, gw, routes, sink, pod_ns)
+    finally:
+        rtnl.enter_netns(node_ns)  # back home: the rest (and any roll-back) works here
+        os.close(pod_ns)
+        os.close(node_ns)
+    if not sink:  # the kernel must not also handle what OVS forwards: an ingress drop
+        nft = (f"table netdev {NFT_TABLE} {{}}\nadd chain netdev {NFT_TABLE} in-{veth} "
+               f"{{ type filter hook ingress device \"{veth}\" priority 0; policy drop; }}\n")
+        rc, _, err = run(["nft", "-f", "-"], nft)
+        if rc != 0:
+            raise CNIError(VETH_FAILED, f"failed to add the ingress drop on {veth}", err)
     net, net_len = parse_cidr(conf["podCIDR"])
     ofport = POD_PORT_BASE + ip_int - (net & (0xFFFFFFFF << (32 - net_len)) & 0xFFFFFFFF)
     name = _pod_name(args)
-    _vsctl(conf, "--may-exist", "add-port", conf.get("bridge", "br-int"), veth, "--", "set",
-           "interface", veth, f"ofport_request={ofport}", f"external_ids:iface-id={name}",
-           f"external_ids:attached-mac={pod_mac}", f"external_ids:ip={ip}")
+    _add_port(conf, veth, {"ofport_request": ofport, "external_ids": omap(
+        {"iface-id": name, "attached-mac": pod_mac, "ip": ip})})
     rev = _store(conf).put(_registry_key(args), {
         "name": name, "namespace": _k8s_arg(args, "K8S_POD_NAMESPACE"), "node": conf["node"],
         "ip": ip, "ofport": ofport, "port": veth, "containerID": args.container_id})
@@ -163,6 +177,114 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
                        {"name": args.ifname, "mac": pod_mac, "sandbox": args.netns}],
                       ipam_result["ips"], routes,
                       conf.get("dns") or ipam_result.get("dns", {}))
+
+
+def _veth(args: Args, veth: str, mtu: int, ip: str, plen: int, pod_mac: str, gw: str | None,
+          routes: list[dict[str, Any]], sink: str | None, pod_ns: int) -> None:
+    """The kernel work of ADD, in rtnetlink messages (no ``ip``, no ``nsenter``): the veth,
+    up, its pod end in the pod's namespace, its host end (``sink``) a port of the node's
+    down bridge in the same request, so the kernel never handles a frame of it (vswitchd
+    re-reads its ports on every link change in the node: fewer, batched changes cost it
+    less); then, from inside the pod's namespace, address, up, routes, and tx checksum
+    offload off. Leaves this thread in the pod's namespace."""
+    what = f"create veth {veth} for {args.container_id}"
+    with rtnl.Netlink() as node:  # stays open: deletes the veth again if a step fails
+        kind, flags, body = rtnl.veth_add(veth, mtu, local_mac(veth), args.ifname, pod_mac,
+                                          pod_ns)
+        if sink:  # IFLA_MASTER (10): a bridge port from its creation on
+            body += _struct.pack("=HHI", 8, 10, _index(sink, what))
+        _netlink(node, [(kind, flags, body)], what)
+        try:
+            rtnl.enter_netns(pod_ns)
+            try:
+                tx_checksum_off(args.ifname)
+            except OSError as exc:
+                raise CNIError(VETH_FAILED, f"failed to turn off tx checksum offload on "
+                               f"{args.ifname}", exc.strerror or str(exc)) from None
+            what = f"configure {args.ifname} in {args.netns}"
+            with rtnl.Netlink() as pod:
+                index = _index(args.ifname, what)
+                msgs = [rtnl.addr_add(index, ip, plen), rtnl.link_up(index)]
+                for r in routes:
+                    dst, _, dst_len = r["dst"].partition("/")
+                    msgs.append(rtnl.route(index, dst, int(dst_len or 32), r.get("gw") or gw))
+                _netlink(pod, msgs, what)
+        except BaseException:
+            try:
+                node.request([rtnl.link_del(veth)])
+            except OSError:
+                pass  # gone with the pod's namespace already
+            raise
+
+
+SIOCETHTOOL, ETHTOOL_STXCSUM = 0x8946, 0x17  # linux/sockios.h, linux/ethtool.h
+
+
+def tx_checksum_off(ifname: str) -> None:
+    """``ethtool -K IFNAME tx off`` in this thread's namespace, as one ioctl (the same
+    features end up off: checked with ``ethtool -k``) instead of a program per pod. The
+    request carries a pointer to a ``struct ethtool_value``: a ``_ctypes`` buffer."""
+    import _ctypes
+    import fcntl
+
+    class Byte(_ctypes._SimpleCData):
+        _type_ = "B"
+
+    class EthtoolValue(_ctypes.Array):
+        _type_ = Byte
+        _length_ = 8
+
+    value = EthtoolValue(*_struct.pack("=II", ETHTOOL_STXCSUM, 0))
+    ifreq = _struct.pack("=16sQ16x", ifname.encode(), _ctypes.addressof(value))
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    finally:
+        sock.close()
+
+
+def _netlink(sock: rtnl.Netlink, messages: list[tuple[int, int, bytes]], what: str) -> None:
+    try:
+        sock.request(messages)
+    except OSError as exc:  # a bad address or route from IPAM (inet_aton) fails here too
+        raise CNIError(VETH_FAILED, f"failed to {what}", exc.strerror or str(exc)) from None
+
+
+def _index(name: str, what: str) -> int:
+    try:
+        return rtnl.link_index(name)
+    except OSError as exc:
+        raise CNIError(VETH_FAILED, f"failed to {what}", f"{name}: {exc.strerror}") from None
+
+
+def _add_port(conf: dict[str, Any], port: str, iface: dict[str, Any]) -> None:
+    """``ovs-vsctl --no-wait --may-exist add-port BRIDGE PORT -- set interface PORT ...``
+    as one OVSDB transaction: the Interface and Port rows, the Port in the bridge's ports.
+    No wait for vswitchd: the pod's flows come later, from the controller through the
+    same vswitchd, which has read the new port by then (its update precedes our reply)."""
+    bridge = conf.get("bridge", "br-int")
+    ops = [{"op": "wait", "table": "Port", "where": where_name(port), "columns": ["name"],
+            "until": "==", "rows": [], "timeout": 0},  # fails if the port exists
+           {"op": "insert", "table": "Interface", "row": {"name": port, **iface},
+            "uuid-name": "iface"},
+           {"op": "insert", "table": "Port", "uuid-name": "port",
+            "row": {"name": port, "interfaces": ["named-uuid", "iface"]}},
+           {"op": "mutate", "table": "Bridge", "where": where_name(bridge),
+            "mutations": [["ports", "insert", ["set", [["named-uuid", "port"]]]]]}]
+    try:
+        res = transact(conf["ovsdb"], ops)
+        if res and res[0].get("error") == "timed out":  # may-exist: just set the columns
+            res = transact(conf["ovsdb"], [{"op": "update", "table": "Interface",
+                                            "where": where_name(port), "row": iface}])
+    except OvsdbError as exc:
+        raise CNIError(OVS_FAILED, f"failed to add port {port} to {bridge}", str(exc)
+                       ) from None
+    errors = [r for r in res if r.get("error")]
+    if errors:
+        raise CNIError(OVS_FAILED, f"failed to add port {port} to {bridge}",
+                       f"{errors[0]['error']}: {errors[0].get('details', '')}")
+    if len(ops) == len(res) and res[-1].get("count") != 1:
+        raise CNIError(OVS_FAILED, f"failed to add port {port}: no bridge {bridge}")
 
 
 def _controller_alive(conf: dict[str, Any]) -> bool:
@@ -197,7 +319,8 @@ def _wait_flows(conf: dict[str, Any], rev: int) -> None:
 def _unwire(args: Args, conf: dict[str, Any]) -> None:
     veth = host_veth_name(args.container_id, args.ifname)
     _vsctl(conf, "--if-exists", "del-port", conf.get("bridge", "br-int"), veth, check=False)
-    run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"])
+    if not conf.get("sinkBridge"):
+        run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"])
     run(["ip", "link", "del", veth])
 
 
@@ -208,18 +331,18 @@ def delete(args: Args) -> None:
         _store(conf).delete(_registry_key(args))
     except StoreError as exc:  # still undo what is local; then say so (DEL is retried)
         _unwire(args, conf)
-        delegate(conf["ipam"]["type"], "DEL", conf)
+        delegate(conf["ipam"]["type"], "DEL", conf, args.env)
         raise CNIError(OVS_FAILED, "ovs: could not remove the pod from the registry",
                        str(exc)) from None
     _unwire(args, conf)
-    delegate(conf["ipam"]["type"], "DEL", conf)
+    delegate(conf["ipam"]["type"], "DEL", conf, args.env)
 
 
 def check(args: Args) -> None:
     conf = _conf(args)
     if not args.prev_result:
         raise CNIError(INVALID_CONFIG, "ovs: CHECK needs prevResult")
-    delegate(conf["ipam"]["type"], "CHECK", conf)
+    delegate(conf["ipam"]["type"], "CHECK", conf, args.env)
     veth = host_veth_name(args.container_id, args.ifname)
     ports = _vsctl(conf, "list-ports", conf.get("bridge", "br-int")).split()
     if veth not in ports:
@@ -231,7 +354,7 @@ def status(args: Args) -> None:
     controller is down: ADD succeeds but the pod has no flows, and no pod's changes reach
     the switches until the controller returns (limited connectivity)."""
     conf = _conf(args)
-    delegate(conf["ipam"]["type"], "STATUS", conf)
+    delegate(conf["ipam"]["type"], "STATUS", conf, args.env)
     br = conf.get("bridge", "br-int")
     rc, out, err = run(["ovs-vsctl", f"--db={conf['ovsdb']}", "--timeout=5", "br-exists", br])
     if rc == 2:
@@ -258,8 +381,9 @@ def gc(args: Args) -> None:
         if veth:
             _vsctl(conf, "--if-exists", "del-port", conf.get("bridge", "br-int"), veth,
                    check=False)
-            run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"])
-    delegate(conf["ipam"]["type"], "GC", conf)
+            if not conf.get("sinkBridge"):
+                run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"])
+    delegate(conf["ipam"]["type"], "GC", conf, args.env)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from knetlab.cni.plugins.ovs import OVS_NODES, OVS_PODS
 from knetlab.dataplane import Backend, register
 from knetlab.errors import ConfigError, KnetlabError
 from knetlab.overlays.ovs.controllerd import ControllerDaemon
-from knetlab.overlays.ovs.node import POD_MTU, NodeSwitch
+from knetlab.overlays.ovs.node import POD_MTU, SINK_BRIDGE, NodeSwitch
 from knetlab.overlays.ovs.pipeline import GW_IFACE, TABLE_BY_ID, dpid_for
 from knetlab.overlays.ovs.services import apply_service_snat
 from knetlab.routes import reconcile_routes
@@ -95,6 +95,7 @@ class OvsBackend(Backend):
         assert self.controller
         return {"cniVersion": "1.0.0", "name": "knetlab-ovs", "plugins": [{
             "type": "ovs", "bridge": "br-int", "ovsdb": sw.db, "mtu": POD_MTU,
+            "sinkBridge": SINK_BRIDGE,
             "node": node.name, "podCIDR": node.spec.pod_cidr,
             **self.store.conf(), "controllerStatus": str(self.controller.status_file),
             "controllerPidFile": str(self.controller.pid_file),
@@ -203,7 +204,7 @@ class OvsBackend(Backend):
         daemons = [{"name": "os-ken", "owner": "cluster", "pid": self.controller.pid}]
         for name, sw in self.switches.items():
             daemons += [{"name": d.name, "owner": name, "pid": d.pid}
-                        for d in (sw.ovs.ovsdb, sw.ovs.vswitchd)]
+                        for d in (sw.ovs.ovsdb, sw.ovs.vswitchd, sw.agent)]
         ctl = self.controller.status()
         state = f"running, pid {ctl['pid']}" if ctl["running"] else "DOWN"
         lines = [f"controller os-ken: {state}"]

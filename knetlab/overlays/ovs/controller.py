@@ -6,13 +6,17 @@ Design notes:
   flooding or packet-ins.
 - Level-triggered: on every switch (re)connect the controller dumps the switch's flows
   and makes them exactly ``pipeline.desired_flows`` (delete cookies not desired, add
-  cookies missing). On a change under ``/knetlab/ovs/`` (an etcd watch) it diffs against
-  what it last made the switch hold;
-  every ``RESYNC_SECONDS`` it dumps again to repair drift. A restart therefore never
+  cookies missing). On a change under ``/knetlab/ovs/`` (one etcd watch stream, kept
+  open) it diffs against what it last made the switch hold; every ``RESYNC_SECONDS`` it
+  reads the registry whole and dumps every switch again to repair drift. A restart therefore never
   duplicates a flow, and while it is down the switches (fail_mode=secure) keep forwarding.
-- After each sync a barrier; its reply marks the switch synced to the etcd revision read in
-  ``status.json``, which ``knetlab status`` and the CNI plugin (waiting for its pod's
-  flows) read.
+- After each sync that sent a flow-mod, a barrier; its reply marks the switch synced to
+  the etcd revision read in ``status.json``, which ``knetlab status`` and the CNI plugin
+  (waiting for its pod's flows) read. A switch with nothing to change and no barrier
+  outstanding is synced at once (a new pod changes only its own node's switch).
+- The registry is read whole on start, re-dump and reconnect, and kept current in between
+  from the watch's events (``Registry``): a new pod costs etcd a put and one event, no
+  range read; the desired flows are computed from the whole registry every time.
 - os-ken swallows errors of its threads: every loop here logs its own exceptions.
 """
 
@@ -34,8 +38,10 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
 from knetlab.cni.plugins.ovs import OVS_NODES, OVS_PODS
+from knetlab.cni.types import loads
 from knetlab.overlays.ovs.pipeline import Flow, NodeInfo, PodInfo, desired_flows
-from knetlab.store import Store
+from knetlab.store import Store, StoreError, prefix_end
+from knetlab.storewire import b64, unb64
 
 LOG = logging.getLogger("knetlab.ovs.controller")
 RESYNC_SECONDS = 10.0
@@ -52,19 +58,48 @@ class Switch:
     dump: list[Any] = field(default_factory=list)
     dumped: bool = False  # the first dump arrived: ``installed`` is the switch's truth
     synced_rev: int = -1
+    barriers: int = 0  # sent, not answered yet
     adds: int = 0
     deletes: int = 0
     connected_at: float = field(default_factory=time.time)
 
 
-def membership(store: Store) -> tuple[int, dict[int, NodeInfo], list[NodeInfo], list[PodInfo]]:
-    """(revision of the read, nodes by dpid, nodes, pods): one read of the registry."""
-    rev, kvs = store.range(REGISTRY, prefix=True)
-    nodes = [NodeInfo(v["name"], v["ip"], v["podCIDR"], v["gateway"], int(v["dpid"]))
-             for k, v, _r, _l in kvs if k.startswith(OVS_NODES)]
-    pods = [PodInfo(f"{v['namespace']}/{v['name']}" if v.get("namespace") else v["name"],
-                    v["node"], v["ip"]) for k, v, _r, _l in kvs if k.startswith(OVS_PODS)]
-    return rev, {n.dpid: n for n in nodes}, nodes, pods
+class Registry:
+    """The controller's copy of the registry (``/knetlab/ovs/``): read whole, then kept
+    current from the watch's events (each carries the key and its new value), so that a
+    new pod costs etcd no range read; read whole again on every re-dump and reconnect."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.values: dict[str, dict[str, Any]] = {}
+        self.rev = -1  # not read yet
+
+    def load(self) -> int:
+        self.rev, kvs = self.store.range(REGISTRY, prefix=True)
+        self.values = {k: v for k, v, _r, _l in kvs}
+        return self.rev
+
+    def apply(self, result: dict[str, Any]) -> None:
+        """One watch response's events (etcd JSON: PUT is the default type)."""
+        for event in result.get("events", []):
+            kv = event.get("kv", {})
+            key = unb64(kv.get("key", "")).decode()
+            if event.get("type") == "DELETE":
+                self.values.pop(key, None)
+            else:
+                self.values[key] = loads(unb64(kv.get("value", "")))
+        self.rev = int(result["header"]["revision"])
+
+    def membership(self) -> tuple[int, dict[int, NodeInfo], list[NodeInfo], list[PodInfo]]:
+        """(revision, nodes by dpid, nodes, pods)."""
+        if self.rev < 0:
+            self.load()
+        kvs = sorted(self.values.items())
+        nodes = [NodeInfo(v["name"], v["ip"], v["podCIDR"], v["gateway"], int(v["dpid"]))
+                 for k, v in kvs if k.startswith(OVS_NODES)]
+        pods = [PodInfo(f"{v['namespace']}/{v['name']}" if v.get("namespace") else v["name"],
+                        v["node"], v["ip"]) for k, v in kvs if k.startswith(OVS_PODS)]
+        return self.rev, {n.dpid: n for n in nodes}, nodes, pods
 
 
 class OvsController(app_manager.OSKenApp):
@@ -73,6 +108,7 @@ class OvsController(app_manager.OSKenApp):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.store = Store.from_arg(CONFIG["store"])
+        self.registry = Registry(self.store)
         self.vni = int(CONFIG["vni"])
         self.status_file = Path(CONFIG["status"])
         self.switches: dict[int, Switch] = {}
@@ -118,7 +154,7 @@ class OvsController(app_manager.OSKenApp):
             for cookie in dupes:
                 self._delete(sw, cookie)
             sw.dumped = True
-            self._reconcile(sw)
+            self._reconcile([sw])
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev: Any) -> None:
@@ -127,6 +163,7 @@ class OvsController(app_manager.OSKenApp):
             sw = self.switches.get(dpid) if dpid is not None else None
             if sw is not None:
                 sw.synced_rev = max(sw.synced_rev, rev)
+                sw.barriers -= 1
                 self._write_status()
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
@@ -135,25 +172,36 @@ class OvsController(app_manager.OSKenApp):
                   ev.msg.type, ev.msg.code)
 
     # -- reconciliation ------------------------------------------------------------
-    def _reconcile(self, sw: Switch) -> None:
-        rev, by_dpid, nodes, pods = membership(self.store)
-        me = by_dpid.get(sw.dp.id)
-        if me is None:
-            LOG.warning("switch %016x belongs to no node in the store (yet, or any more); "
-                        "not programming it",
-                        sw.dp.id)
+    def _reconcile(self, switches: list[Switch]) -> None:
+        if not switches:
             return
-        sw.node = me.name
-        desired = {f.cookie: f for f in desired_flows(me, nodes, pods, self.vni)}
-        for cookie in sorted(sw.installed - desired.keys()):
-            self._delete(sw, cookie)
-        for cookie in sorted(desired.keys() - sw.installed):
-            self._add(sw, desired[cookie])
-        sw.installed = set(desired)
-        barrier = sw.dp.ofproto_parser.OFPBarrierRequest(sw.dp)
-        sw.dp.set_xid(barrier)
-        self.pending[barrier.xid] = (sw.dp.id, rev)
-        sw.dp.send_msg(barrier)
+        rev, by_dpid, nodes, pods = self.registry.membership()
+        synced_now = False
+        for sw in switches:
+            me = by_dpid.get(sw.dp.id)
+            if me is None:
+                LOG.warning("switch %016x belongs to no node in the store (yet, or any more); "
+                            "not programming it", sw.dp.id)
+                continue
+            sw.node = me.name
+            desired = {f.cookie: f for f in desired_flows(me, nodes, pods, self.vni)}
+            stale, missing = sw.installed - desired.keys(), desired.keys() - sw.installed
+            if not stale and not missing and not sw.barriers:
+                sw.synced_rev = max(sw.synced_rev, rev)  # holds the desired set already
+                synced_now = True
+                continue
+            for cookie in sorted(stale):
+                self._delete(sw, cookie)
+            for cookie in sorted(missing):
+                self._add(sw, desired[cookie])
+            sw.installed = set(desired)
+            barrier = sw.dp.ofproto_parser.OFPBarrierRequest(sw.dp)
+            sw.dp.set_xid(barrier)
+            self.pending[barrier.xid] = (sw.dp.id, rev)
+            sw.barriers += 1
+            sw.dp.send_msg(barrier)
+        if synced_now and not any(sw.barriers for sw in self.switches.values()):
+            self._write_status()  # else the last barrier reply writes it
 
     def _delete(self, sw: Switch, cookie: int) -> None:
         dp = sw.dp
@@ -175,26 +223,68 @@ class OvsController(app_manager.OSKenApp):
 
     def _watch_loop(self) -> None:
         # A native thread (controllerd runs os-ken's native hub): it may block in the watch.
-        seen, last_full = -1, time.monotonic()
+        # One etcd watch stream, kept open: a new watch per change cost etcd and this
+        # process a connection and a watch set-up per pod.
+        seen = -1
         while True:
             try:
-                left = RESYNC_SECONDS - (time.monotonic() - last_full)
-                rev = (self.store.revision() if seen < 0 else
-                       self.store.wait(REGISTRY, seen, max(left, 0.05)))
-                full = time.monotonic() - last_full > RESYNC_SECONDS
-                if rev != seen or full:
-                    with self.lock:
-                        for sw in list(self.switches.values()):
-                            if full:
-                                self._request_dump(sw)
-                            elif sw.dumped:
-                                self._reconcile(sw)
-                    seen = rev
-                    if full:
-                        last_full = time.monotonic()
+                seen = self._watch(seen)
             except Exception:  # noqa: BLE001 - os-ken would swallow it silently
                 LOG.exception("store watch failed; retrying")
                 time.sleep(1.0)
+
+    def _watch(self, seen: int) -> int:
+        """Reconcile on every change under REGISTRY for RESYNC_SECONDS, then re-dump every
+        switch; the last revision reconciled (-1: read everything again)."""
+        if seen < 0:
+            with self.lock:
+                seen = self.registry.load()
+            self._sync(full=False)
+        conn = self.store._connect(RESYNC_SECONDS)  # noqa: SLF001 - the store's transport
+        try:
+            conn.send("/v3/watch", {"create_request": {
+                "key": b64(REGISTRY), "range_end": b64(prefix_end(REGISTRY)),
+                "start_revision": str(seen + 1)}})
+            status, headers = conn.response_head()
+            if status != 200 or "chunked" not in headers.get("transfer-encoding", ""):
+                raise StoreError(f"etcd watch {REGISTRY}: HTTP {status}")
+            pending, deadline = b"", time.monotonic() + RESYNC_SECONDS
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    if left <= 0:
+                        raise TimeoutError
+                    conn.settimeout(left)
+                    chunk = conn.chunk()
+                except TimeoutError:  # time for a re-dump; then a new stream from here
+                    with self.lock:
+                        seen = self.registry.load()
+                    self._sync(full=True)
+                    return seen
+                if chunk is None:
+                    raise StoreError(f"etcd watch {REGISTRY}: the stream ended")
+                pending += chunk
+                while b"\n" in pending:  # one JSON message per line
+                    line, pending = pending.split(b"\n", 1)
+                    res = loads(line).get("result", {}) if line.strip() else {}
+                    if int(res.get("compact_revision", 0) or 0) or res.get("canceled"):
+                        return -1  # events lost: start over from a full read
+                    if res.get("events"):
+                        with self.lock:
+                            self.registry.apply(res)
+                        seen = self.registry.rev
+                        self._sync(full=False)
+        finally:
+            conn.close()
+
+    def _sync(self, full: bool) -> None:
+        """Re-dump every switch (repairs drift), or reconcile the dumped ones to the store."""
+        with self.lock:
+            if full:
+                for sw in list(self.switches.values()):
+                    self._request_dump(sw)
+            else:
+                self._reconcile([sw for sw in self.switches.values() if sw.dumped])
 
     # -- status ----------------------------------------------------------------------
     def _write_status(self) -> None:

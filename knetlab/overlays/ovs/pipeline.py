@@ -22,6 +22,7 @@ exactly "make the switch hold the desired set"; a resync never duplicates a flow
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ class Flow:
     actions: tuple[tuple[Any, ...], ...] = ()
     comment: str = field(default="", compare=False)
 
-    @property
+    @functools.cached_property
     def cookie(self) -> int:
         digest = hashlib.sha1(repr((self.table.id, self.priority, self.match,
                                     self.actions)).encode()).digest()
@@ -131,15 +132,16 @@ def arp_reply_flow(ip: str, mac: str, who: str) -> Flow:
     ], f"ARP {ip} is-at {mac} ({who})")
 
 
-def local_pod_flows(pod: PodInfo, node: NodeInfo) -> list[Flow]:
+@functools.lru_cache(maxsize=4096)  # the same Flow objects (and cookies) on every sync
+def local_pod_flows(pod: PodInfo, node: NodeInfo) -> tuple[Flow, ...]:
     mac, port = mac_for(pod.ip), pod_port(pod.ip, node.pod_cidr)
-    return [
+    return (
         arp_reply_flow(pod.ip, mac, f"pod {pod.name}"),
         _f(L3_FORWARDING, 200, {"eth_type": ETH_IP, "ipv4_dst": pod.ip},
            [("set", "eth_src", mac_for(node.gateway)), ("set", "eth_dst", mac),
             ("goto", LOCAL_OUTPUT)], f"to local pod {pod.name}"),
         _f(LOCAL_OUTPUT, 100, {"eth_dst": mac}, [("output", port)], f"pod {pod.name}"),
-    ]
+    )
 
 
 def gateway_flows(node: NodeInfo) -> list[Flow]:

@@ -19,7 +19,9 @@ Runs inside the node's network namespace as a ``Daemon``. It owns:
   ``rmpeer``. Ring and allocations persist in ``ipam.json``, so a restarted router keeps
   its space and its pods keep their addresses;
 - ``status.json`` (peers, connections, mode, IPAM, MACs, counters), rewritten each second,
-  read by ``knetlab weave status`` and the backend; ``ready`` once the node can host pods.
+  read by ``knetlab weave status`` and the backend; ``ready`` once the node can host pods;
+- ``@knetlab-weave-cni``: the node's ``weave-net`` CNI plugin hands its invocations to this
+  process, which runs knetlab's bridge plugin warm (``cni_agent``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from knetlab import shell
-from knetlab.overlays.weave import crypto
+from knetlab.overlays.weave import cni_agent, crypto
 from knetlab.overlays.weave.gossip import Peers
 from knetlab.overlays.weave.ring import Allocator, Ring
 from knetlab.overlays.weave.sleeve import PORT as SLEEVE_PORT
@@ -399,6 +401,10 @@ class Router:
         log.info("router %s (%s) listening on %d/tcp, sleeve on %d/udp, encryption %s",
                  self.me, self.addr, CONTROL_PORT, SLEEVE_PORT,
                  "on" if self.password is not None else "off")
+        try:
+            cni_agent.start()  # before "ready": the node's first pods already use it
+        except OSError as exc:  # the weave-net plugin then runs the bridge plugin itself
+            log.warning("cannot serve the weave-net CNI plugin: %s", exc)
         self.ensure_space()
         await asyncio.gather(self.dial_loop(), self.tick_loop())
 

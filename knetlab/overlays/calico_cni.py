@@ -1,0 +1,85 @@
+"""The calico CNI agents of a Calico lab: one daemon per node, in the node's namespace,
+that serves the calico plugin's invocations (knetlab/cni/calico_agent.py says why).
+
+An agent is an accelerator, not a dependency: a plugin that finds none wires the pod
+itself. So agents are started without waiting (the node's first pods may still be wired
+the slow way) and nothing restarts one that dies.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from knetlab.daemon import Daemon
+
+if TYPE_CHECKING:
+    from knetlab.nodes.k8snode import K8sNode
+    from knetlab.rundir import RunDir
+
+#: the directory that holds the ``knetlab`` package (the agent runs with ``python -S``)
+SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class CalicoCniAgent(Daemon):
+    """The agent of node ``owner``; ready once it listens."""
+
+    name = "calico-cni"
+
+    def __init__(self, rundir: RunDir, owner: str, netns: str) -> None:
+        super().__init__(rundir, owner, netns)
+        self.ready_file = self.dir / "ready"
+
+    def command(self) -> list[str]:
+        self.ready_file.unlink(missing_ok=True)
+        # -S: no site-packages to scan (it tripled the agent's start-up CPU); the agent
+        # needs nothing but the standard library and knetlab (PYTHONPATH).
+        return [sys.executable, "-S", "-m", "knetlab.cni.calico_agent",
+                "--ready-file", str(self.ready_file)]
+
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": SOURCE_ROOT}
+
+    def match(self) -> str:
+        return str(self.ready_file)
+
+    def is_ready(self) -> bool:
+        return self.ready_file.exists()
+
+
+class CniAgents:
+    """The lab's agents by node name."""
+
+    def __init__(self, rundir: RunDir) -> None:
+        self.rundir = rundir
+        self.agents: dict[str, CalicoCniAgent] = {}
+        self.lock = threading.Lock()
+
+    def ensure(self, node: K8sNode) -> None:
+        """Start the node's agent unless it runs (``setup_node`` may run again)."""
+        with self.lock:
+            agent = self.agents.get(node.name)
+            if agent is not None and agent.alive():
+                return
+            if agent is not None:
+                agent.stop()
+            agent = self.agents[node.name] = CalicoCniAgent(self.rundir, node.name,
+                                                            node.netns)
+            agent.start(wait=False)
+
+    def stop(self, node_name: str) -> None:
+        with self.lock:
+            agent = self.agents.pop(node_name, None)
+        if agent is not None:
+            agent.stop()
+
+    def stop_all(self) -> None:
+        with self.lock:
+            agents, self.agents = list(self.agents.values()), {}
+        for agent in agents:
+            agent.stop()
+
+    def pids(self) -> dict[str, int | None]:
+        return {name: agent.pid for name, agent in self.agents.items()}
