@@ -21,7 +21,7 @@ import pytest
 
 from knetlab.cni.plugins.calico_ipam import BlockStore, node_blocks
 from knetlab.cni.runtime import KNETLAB_PLUGINS
-from knetlab.overlays.calico_cni import SOURCE_ROOT
+from knetlab.overlays.cni_agents import SOURCE_ROOT
 from knetlab.store import Store
 from tests.conftest import needs_root, poll, running_lab
 
@@ -57,7 +57,7 @@ def agent(node_ns: str, tmp_path: Path) -> Iterator[Path]:
     log, ready = tmp_path / "agent.log", tmp_path / "ready"
     with log.open("w") as out:
         proc = subprocess.Popen(["ip", "netns", "exec", node_ns, sys.executable, "-S", "-m",
-                                 "knetlab.cni.calico_agent", "--ready-file", str(ready)],
+                                 "knetlab.cni.agent", "calico", "--ready-file", str(ready)],
                                 stdout=out, stderr=out, env={**os.environ,
                                                              "PYTHONPATH": SOURCE_ROOT})
     try:

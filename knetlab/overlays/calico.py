@@ -43,7 +43,7 @@ from knetlab.daemon import DaemonError
 from knetlab.dataplane import Backend, register
 from knetlab.errors import KnetlabError
 from knetlab.nodes.host import NetnsHost
-from knetlab.overlays.calico_cni import CniAgents
+from knetlab.overlays.cni_agents import CniAgents
 from knetlab.routes import reconcile_routes
 from knetlab.store import StoreError
 from knetlab.topologies.schema import NODE_HOST_OFFSET
@@ -108,8 +108,8 @@ class CalicoIpamBackend(Backend):
 
     def __init__(self, cluster: Any) -> None:
         super().__init__(cluster)
-        # each node's calico CNI agent: the plugin hands it the pod's wiring (calico_cni.py)
-        self.cni_agents = CniAgents(cluster.rundir)
+        # each node's calico CNI agent: the plugin hands it the pod's wiring (cni_agents.py)
+        self.cni_agents = CniAgents(cluster.rundir, "calico")
 
     def block_store(self) -> BlockStore:
         assert self.cluster.store

@@ -7,7 +7,7 @@ characters): proxy-ARP on (Calico's answer for 169.254.1.1 when the pod does ask
 host route ``<pod>/32 dev cali...``, more specific than the blackhole of the node's block.
 IPAM by delegation (``calico-ipam``), STATUS and GC included.
 
-Where it runs: usually in the node's calico CNI agent (knetlab/cni/calico_agent.py), to
+Where it runs: usually in the node's calico CNI agent (knetlab/cni/agent.py), to
 which the plugin executable hands each invocation; in the plugin process itself where no
 agent listens. Either way the kernel is programmed over rtnetlink (knetlab/cni/rtnl.py),
 not by ``ip`` processes: they cost more CPU than the messages they send.

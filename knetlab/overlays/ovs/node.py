@@ -23,14 +23,13 @@ As Antrea and OVN-Kubernetes run it, with the userspace datapath (no OVS kernel 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from knetlab import shell
-from knetlab.daemon import Daemon
 from knetlab.errors import KnetlabError
+from knetlab.overlays.cni_agents import CniAgent
 from knetlab.overlays.ovs.pipeline import (
     GW_IFACE,
     GW_PORT,
@@ -58,37 +57,6 @@ def nft_drop_rules(device: str) -> str:
             f"\"{device}\" priority 0; policy drop; }}\n")
 
 
-#: the directory that holds the ``knetlab`` package (the agent runs with ``python -S``)
-SOURCE_ROOT = str(Path(__file__).resolve().parents[3])
-
-
-class OvsCniAgent(Daemon):
-    """The node's ovs CNI agent (knetlab/overlays/ovs/cniagent.py says why); ready once it
-    listens. An accelerator, not a dependency: a plugin that finds none wires the pod
-    itself, so it is started without waiting and nothing restarts one that dies."""
-
-    name = "ovs-cni"
-
-    def __init__(self, rundir: RunDir, owner: str, netns: str) -> None:
-        super().__init__(rundir, owner, netns)
-        self.ready_file = self.dir / "ready"
-
-    def command(self) -> list[str]:
-        self.ready_file.unlink(missing_ok=True)
-        # -S: nothing but the standard library and knetlab (PYTHONPATH) is needed
-        return [sys.executable, "-S", "-m", "knetlab.overlays.ovs.cniagent",
-                "--ready-file", str(self.ready_file)]
-
-    def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": SOURCE_ROOT}
-
-    def match(self) -> str:
-        return str(self.ready_file)
-
-    def is_ready(self) -> bool:
-        return self.ready_file.exists()
-
-
 class NodeSwitch:
     """The OVS of one node: start, wire the bridges, move the node IP, stop."""
 
@@ -96,7 +64,8 @@ class NodeSwitch:
                  underlay_route: tuple[str, str] | None) -> None:
         self.node, self.tunnel = node, tunnel
         self.ovs = OvsInstance(rundir, node.name, netns=node.netns)
-        self.agent = OvsCniAgent(rundir, node.name, node.netns)
+        # the ovs plugin hands it the pod's wiring (knetlab/cni/agent.py)
+        self.agent = CniAgent(rundir, node.name, node.netns, "ovs")
         self.controller_sock = controller_sock
         self.underlay_route = underlay_route  # (underlay CIDR, ToR) on leaf-spine
         self.prefix = node.spec.ip.split("/")[1]

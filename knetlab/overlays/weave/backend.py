@@ -7,7 +7,7 @@ waits until the router has address space and its bridge is exposed, then hands t
 kubelet a CNI config: the ``weave-net`` plugin (as weave's own CNI config names it) with
 the bridge plugin's options (on the ``weave`` bridge, hairpin, gateway) and the
 ``weave-ipam`` IPAM plugin asking that router. ``weave-net`` is a thin client of the
-router, which runs knetlab's bridge plugin warm (``cni_agent``: a pod's CNI ADD costs
+router, which runs knetlab's bridge plugin warm (knetlab/cni/agent.py: a pod's CNI ADD costs
 ~5 ms of CPU instead of ~16 for a Python plugin process). ``sync`` waits until every
 router has an established connection (TCP control + UDP heartbeats) to every other one and
 all agree on the ring.

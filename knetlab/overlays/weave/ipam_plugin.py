@@ -12,7 +12,7 @@ not ``socket``, which pulls in enum, selectors and more; JSON through knetlab.cn
 not ``json``, which pulls in re): ~11 ms of CPU less per run. knetlab's bridge plugin runs
 this one in its own process (knetlab.cni.invoke.IN_PROCESS), which saves the Python start;
 in a lab that process is the weave router itself, serving the ``weave-net`` plugin
-(``cni_agent``), so the request below goes to its own event loop.
+(knetlab/cni/agent.py), so the request below goes to its own event loop.
 """
 
 from __future__ import annotations

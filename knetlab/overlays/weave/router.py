@@ -20,8 +20,10 @@ Runs inside the node's network namespace as a ``Daemon``. It owns:
   its space and its pods keep their addresses;
 - ``status.json`` (peers, connections, mode, IPAM, MACs, counters), rewritten each second,
   read by ``knetlab weave status`` and the backend; ``ready`` once the node can host pods;
-- ``@knetlab-weave-cni``: the node's ``weave-net`` CNI plugin hands its invocations to this
-  process, which runs knetlab's bridge plugin warm (``cni_agent``).
+- ``@knetlab-weave-net-cni``: the node's ``weave-net`` CNI plugin hands its invocations to
+  this process, which runs knetlab's bridge plugin warm (knetlab/cni/agent.py), each in a
+  thread of its own, never this event loop: the plugin's IPAM asks the loop over
+  ``weave.sock``, and the pod's side is configured after ``setns(2)`` of that thread.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from knetlab import shell
-from knetlab.overlays.weave import cni_agent, crypto
+from knetlab.cni.agent import Agent
+from knetlab.overlays.weave import crypto
 from knetlab.overlays.weave.gossip import Peers
 from knetlab.overlays.weave.ring import Allocator, Ring
 from knetlab.overlays.weave.sleeve import PORT as SLEEVE_PORT
@@ -402,7 +405,8 @@ class Router:
                  self.me, self.addr, CONTROL_PORT, SLEEVE_PORT,
                  "on" if self.password is not None else "off")
         try:
-            cni_agent.start()  # before "ready": the node's first pods already use it
+            # before "ready": the node's first pods already use it
+            Agent("weave-net", log=logging.getLogger("weave.cni").info).serve_in_background()
         except OSError as exc:  # the weave-net plugin then runs the bridge plugin itself
             log.warning("cannot serve the weave-net CNI plugin: %s", exc)
         self.ensure_space()

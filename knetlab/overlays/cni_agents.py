@@ -1,5 +1,6 @@
-"""The calico CNI agents of a Calico lab: one daemon per node, in the node's namespace,
-that serves the calico plugin's invocations (knetlab/cni/calico_agent.py says why).
+"""The CNI agents of a lab: one daemon per node, in the node's namespace, that serves a
+plugin's invocations (knetlab/cni/agent.py says why): ``calico-cni`` on the Calico planes,
+``ovs-cni`` on the OVS planes (weave's router serves its plugin itself).
 
 An agent is an accelerator, not a dependency: a plugin that finds none wires the pod
 itself. So agents are started without waiting (the node's first pods may still be wired
@@ -23,12 +24,11 @@ if TYPE_CHECKING:
 SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-class CalicoCniAgent(Daemon):
-    """The agent of node ``owner``; ready once it listens."""
+class CniAgent(Daemon):
+    """The agent of node ``owner`` for CNI type ``plugin``; ready once it listens."""
 
-    name = "calico-cni"
-
-    def __init__(self, rundir: RunDir, owner: str, netns: str) -> None:
+    def __init__(self, rundir: RunDir, owner: str, netns: str, plugin: str) -> None:
+        self.plugin, self.name = plugin, f"{plugin}-cni"
         super().__init__(rundir, owner, netns)
         self.ready_file = self.dir / "ready"
 
@@ -36,7 +36,7 @@ class CalicoCniAgent(Daemon):
         self.ready_file.unlink(missing_ok=True)
         # -S: no site-packages to scan (it tripled the agent's start-up CPU); the agent
         # needs nothing but the standard library and knetlab (PYTHONPATH).
-        return [sys.executable, "-S", "-m", "knetlab.cni.calico_agent",
+        return [sys.executable, "-S", "-m", "knetlab.cni.agent", self.plugin,
                 "--ready-file", str(self.ready_file)]
 
     def env(self) -> dict[str, str]:
@@ -50,11 +50,11 @@ class CalicoCniAgent(Daemon):
 
 
 class CniAgents:
-    """The lab's agents by node name."""
+    """The lab's agents of one CNI type, by node name."""
 
-    def __init__(self, rundir: RunDir) -> None:
-        self.rundir = rundir
-        self.agents: dict[str, CalicoCniAgent] = {}
+    def __init__(self, rundir: RunDir, plugin: str) -> None:
+        self.rundir, self.plugin = rundir, plugin
+        self.agents: dict[str, CniAgent] = {}
         self.lock = threading.Lock()
 
     def ensure(self, node: K8sNode) -> None:
@@ -65,8 +65,8 @@ class CniAgents:
                 return
             if agent is not None:
                 agent.stop()
-            agent = self.agents[node.name] = CalicoCniAgent(self.rundir, node.name,
-                                                            node.netns)
+            agent = self.agents[node.name] = CniAgent(self.rundir, node.name, node.netns,
+                                                      self.plugin)
             agent.start(wait=False)
 
     def stop(self, node_name: str) -> None:
