@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -83,12 +84,15 @@ class RequestServer:
         self._sock.bind(str(cluster.rundir.socket))
         self._sock.listen(16)
         self._sock.settimeout(0.5)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)  # close() wakes the thread
         self._thread = threading.Thread(target=self._serve, name="knetlab-requests",
                                         daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
+            if not _wait_readable(self._sock, self._wake_r):
+                continue
             try:
                 conn, _ = self._sock.accept()
             except TimeoutError:
@@ -99,8 +103,11 @@ class RequestServer:
 
     def close(self) -> None:
         self._stop.set()
+        os.write(self._wake_w, b"x")
         self._thread.join()
         self._sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         self.cluster.rundir.socket.unlink(missing_ok=True)
 
 
@@ -130,6 +137,10 @@ def serve(topology: str) -> int:
     server.bind(str(cluster.rundir.socket))
     server.listen(16)
     server.settimeout(0.5)
+    # A signal writes to this pipe (set_wakeup_fd), so the loop below sleeps until a request
+    # or SIGTERM comes: an idle lab's supervisor does not wake every 0.5 s to look at `stop`.
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w)
     print("READY", flush=True)
     # From now on the CLI that started us is gone: stdout/stderr (fd level, so logging and
     # child processes follow) go to the lab's log, not to a pipe nobody reads.
@@ -139,6 +150,8 @@ def serve(topology: str) -> int:
     os.close(logfd)
     try:
         while not stop:
+            if not _wait_readable(server, wake_r):
+                continue
             try:
                 conn, _ = server.accept()
             except TimeoutError:
@@ -149,6 +162,20 @@ def serve(topology: str) -> int:
         server.close()
         cluster.down()
     return 0
+
+
+def _wait_readable(server: socket.socket, wake: int) -> bool:
+    """Sleep until a client connects (True) or ``wake`` is written to (False: drained)."""
+    waiter = select.poll()
+    waiter.register(server, select.POLLIN)
+    waiter.register(wake, select.POLLIN)
+    ready = {fd for fd, _ in waiter.poll()}
+    if wake in ready:
+        try:
+            os.read(wake, 512)
+        except BlockingIOError:
+            pass
+    return server.fileno() in ready
 
 
 def _handle(cluster: Any, conn: socket.socket, down_refusal: str = "") -> bool:

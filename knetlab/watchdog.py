@@ -1,8 +1,11 @@
 """The restart policy of a lab's per-node daemons: what a DaemonSet's pods get from the
 kubelet (and the calico-node container from its supervisor) when a process dies.
 
-One ``Watchdog`` thread per owner (a data plane backend) looks at its daemons twice a
-second; one that exited is reaped (``Daemon.alive`` polls our child, so no zombie stays)
+One ``Watchdog`` thread per owner (a data plane backend) looks at its daemons when one of
+them exits (it sleeps on their pidfds, so an idle lab's supervisor does not wake twice a
+second per owner for nothing), when a restart is due, and every ``INTERVAL`` seconds in any
+case (daemons the owner replaced meanwhile get their pidfds then); one that exited is reaped
+(``Daemon.alive`` polls our child, so no zombie stays)
 and started again after a back-off that doubles per crash, 1 s to 10 s (kubelet's
 CrashLoopBackOff, 10 s to 5 min, scaled down to a lab). A daemon that came back (or that
 its owner restarted meanwhile) cancels its pending restart. The owner's lock is held
@@ -13,6 +16,8 @@ without racing a restart.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
@@ -22,7 +27,7 @@ from knetlab.daemon import Daemon
 
 log = logging.getLogger("knetlab.watchdog")
 RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 10.0)  # seconds before the 1st, 2nd... restart
-INTERVAL = 0.5  # seconds between looks
+INTERVAL = 5.0  # seconds between looks when no daemon exits and no restart is due
 
 
 class Watchdog:
@@ -56,10 +61,36 @@ class Watchdog:
         return None if due is None else max(0.0, due - time.monotonic())
 
     def _run(self) -> None:
-        while not self.stopping.wait(INTERVAL):
-            with self.lock:
-                if not self.stopping.is_set():
-                    self.check()
+        pidfds: dict[int, int] = {}  # pid -> pidfd, of the daemons seen at the last look
+        try:
+            while not self.stopping.is_set():
+                with self.lock:
+                    if not self.stopping.is_set():
+                        self.check()
+                    # the living ones: a dead daemon's pidfd stays readable (it would spin)
+                    pids = {d.pid for d in self.daemons().values() if d.pid and d.alive()}
+                for pid in [p for p in pidfds if p not in pids]:
+                    os.close(pidfds.pop(pid))
+                for pid in pids - set(pidfds):
+                    try:
+                        pidfds[pid] = os.pidfd_open(pid)
+                    except OSError:
+                        pass  # gone already: the next look (a restart is due) sees it
+                self._sleep(pidfds)
+        finally:
+            for fd in pidfds.values():
+                os.close(fd)
+
+    def _sleep(self, pidfds: dict[int, int]) -> None:
+        """Until a daemon exits (its pidfd turns readable), the next restart is due, or
+        ``INTERVAL`` passed."""
+        now = time.monotonic()
+        timeout = min([INTERVAL, *(max(0.0, due - now) for due in self.due.values())])
+        if timeout > 0:
+            waiter = select.poll()  # not select(): a big lab's supervisor has fds > 1024
+            for fd in pidfds.values():
+                waiter.register(fd, select.POLLIN)
+            waiter.poll(timeout * 1000)
 
     def check(self) -> None:
         """One pass: schedule the newly dead, restart the ones whose back-off is over."""

@@ -18,6 +18,7 @@ from pathlib import Path
 BENCHES = [  # modules, in run order
     "bringup", "flannel", "docker", "calico", "ovs", "kube",
     "cycles", "kubeproxy", "ingress", "dns", "weave", "netpolicy",
+    "idle",
 ]
 
 

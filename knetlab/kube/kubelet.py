@@ -88,6 +88,10 @@ class Kubelet:
         self._epoll = select.epoll()
         self._pidfds: dict[int, str] = {}
         self._stop = threading.Event()
+        # stop() wakes the pidfd monitor through this, so it can block without a timeout
+        # (an idle kubelet then wakes only for its lease, not once a second)
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll.register(self._wake, select.EPOLLIN)
         self.boot_id = _read("/proc/sys/kernel/random/boot_id")
         self.machine_id = _read("/etc/machine-id")
         self.system_uuid = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{self.rundir}/{node}"))
@@ -198,7 +202,9 @@ class Kubelet:
 
     def _monitor(self) -> None:
         while not self._stop.is_set():
-            for fd, _ in self._epoll.poll(1.0):
+            for fd, _ in self._epoll.poll():
+                if fd == self._wake:
+                    continue  # stop() called: the loop's test ends it
                 with self._lock:
                     key = self._pidfds.pop(fd, None)
                 try:
@@ -317,6 +323,7 @@ class Kubelet:
 
     def stop(self, keep_pods: bool = False) -> None:
         self._stop.set()
+        os.eventfd_write(self._wake, 1)
         self.informer.stop()
         self.queue.shutdown()
         self.prober.stop()

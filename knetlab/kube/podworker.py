@@ -417,7 +417,9 @@ class PodWorker:
             c.kill_reason = f"Liveness probe failed: {live.message}"
         if startup is not None and startup.ok:
             for p in c.probes.values():
-                p.enabled = True
+                if not p.enabled:  # started: readiness and liveness run now, not a period
+                    p.enabled = True  # later (upstream triggers readiness at once too)
+                    self.k.prober.run_now(p)
         self.k.queue.add(self.key)
 
     # -- status --------------------------------------------------------------------------

@@ -71,6 +71,10 @@ class Probe:
         self.enabled = kind == "startup"  # others wait for startup (see enable())
         # called with the message of every failed run (the kubelet's Unhealthy event)
         self.on_failure: Callable[[str], None] | None = None
+        # the Prober's schedule: when the next run is due (None while one runs; a heap entry
+        # for another time is stale), and whether to run again at once after the current one
+        self.due: float | None = None
+        self.rerun = False
 
     def run_once(self) -> tuple[bool, str]:
         spec = self.spec
@@ -154,8 +158,18 @@ class Prober:
                 self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
                 self._thread.start()
             self._seq += 1
-            heapq.heappush(self._heap, (time.monotonic() + delay, self._seq, probe))
+            probe.due = time.monotonic() + delay
+            heapq.heappush(self._heap, (probe.due, self._seq, probe))
             self._cond.notify()
+
+    def run_now(self, probe: Probe) -> None:
+        """Run ``probe`` at once instead of at its next period (upstream's manual trigger of
+        readiness once a container has started); its schedule goes on from that run."""
+        with self._cond:
+            if probe.due is None:  # running: once more right after
+                probe.rerun = True
+                return
+        self.add(probe, 0.0)
 
     def stop(self) -> None:
         with self._cond:
@@ -173,7 +187,10 @@ class Prober:
                     self._cond.wait(wait)
                 if self._stop:
                     return
-                _, _, probe = heapq.heappop(self._heap)
+                due, _, probe = heapq.heappop(self._heap)
+                if due != probe.due:
+                    continue  # rescheduled by run_now: a later entry is the live one
+                probe.due = None
             if probe.stopped:
                 continue
             assert self._pool is not None
@@ -188,5 +205,9 @@ class Prober:
                 probe.on_failure(message)
             if not probe.stopped and probe.record(ok, message):
                 probe.on_change()
+        if probe.kind == "startup" and probe.ok:
+            return  # upstream: a startup probe that succeeded is not run again
         if not probe.stopped:
-            self.add(probe, probe.period)
+            with self._cond:
+                rerun, probe.rerun = probe.rerun, False
+            self.add(probe, 0.0 if rerun else probe.period)

@@ -181,7 +181,9 @@ def serve_ready(sock: socket.socket, feeder: Feeder) -> None:
                                              bind_and_activate=False)
     server.socket.close()
     server.socket = sock
-    threading.Thread(target=server.serve_forever, name="ready", daemon=True).start()
+    # nothing shuts it down, so no need to look for that twice a second (the default)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 3600.0},
+                     name="ready", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,11 +72,20 @@ class Agent:
     def run(self) -> None:
         self.services.start()
         self.slices.start()
-        thread = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
-        thread.start()
-        while not self._stop.wait(1.0):
-            if not thread.is_alive():
-                raise RuntimeError("the sync thread died")
+        died: list[bool] = []
+
+        def sync() -> None:
+            try:
+                self._sync_loop()
+            finally:
+                if not self._stop.is_set():
+                    died.append(True)
+                self._stop.set()  # wakes the wait below: no once-a-second look at the thread
+
+        threading.Thread(target=sync, name="sync", daemon=True).start()
+        self._stop.wait()
+        if died:
+            raise RuntimeError("the sync thread died")
 
     def stop(self) -> None:
         self._stop.set()

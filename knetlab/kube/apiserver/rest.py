@@ -39,7 +39,11 @@ from .watch import Cacher, Watcher, etcd_events
 log = logging.getLogger("knetlab.kube.apiserver.rest")
 Obj = dict[str, Any]
 MAX_BODY = 3 * 1024 * 1024
-BOOKMARK_EVERY = 15.0
+BOOKMARK_EVERY = 60.0  # kube's cacher: bookmarkFrequency = time.Minute
+# An idle watch stream wakes this often to see whether its client went away (aiohttp tells a
+# handler nothing when its client closes between writes): every wake-up of every watch is
+# the API server's idle cost, so not every 2 s; a gone client costs only a queue meanwhile.
+IDLE_CHECK = 15.0
 PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json",
                "application/json-patch+json", "application/apply-patch+yaml")
 
@@ -265,7 +269,7 @@ class Rest:
             if left <= 0:
                 return
             try:
-                item = await asyncio.wait_for(w.queue.get(), min(left, 2.0))
+                item = await asyncio.wait_for(w.queue.get(), min(left, IDLE_CHECK))
             except TimeoutError:
                 if request.transport is None or request.transport.is_closing():
                     return  # the client went away: free the watcher
