@@ -16,15 +16,11 @@ from knetlab.mncli import KnetCLI
 pytestmark = [needs_root, pytest.mark.e2e]
 
 
-def test_cluster_commands_and_pods_as_hosts(lab, tmp_path: Path, capfd) -> None:
-    """The CLI's own commands (pods, nodes, routes), Mininet's host commands, and knetlab's
-    commands as the shell has them (``check``, ``leases``, ``fault list``), the latter
-    answered through the request socket the CLI serves for its lab."""
-    c = lab(write_topology(tmp_path, "name: lab-mncli\nnodes: {count: 2}\npods: {perNode: 1}\n"))
+def run_cli(c, tmp_path: Path, script_text: str) -> str:  # noqa: ANN001
+    """Run the CLI on ``c`` with a script as a user would type it; what Mininet printed
+    through its logger (knetlab's own commands print on the terminal: capfd)."""
     script = tmp_path / "cmds"
-    script.write_text("pods\nnodes\nroutes node-1\npod-1-0 ping -c1 -W2 pod-2-0\n"
-                      "check\nroutes\nroutes nowhere\nleases\nfault list\n"
-                      "bgp status\nstatus -o json\nhelp\nhelp leases\n")
+    script.write_text(script_text)
     seen = io.StringIO()
     handler = logging.StreamHandler(seen)
     lg.addHandler(handler)  # Mininet's CLI prints through its logger
@@ -33,7 +29,17 @@ def test_cluster_commands_and_pods_as_hosts(lab, tmp_path: Path, capfd) -> None:
             KnetCLI(c, stdin=devnull, script=str(script))
     finally:
         lg.removeHandler(handler)
-    out = seen.getvalue()
+    return seen.getvalue()
+
+
+def test_cluster_commands_and_pods_as_hosts(lab, tmp_path: Path, capfd) -> None:
+    """The CLI's own commands (pods, nodes, routes), Mininet's host commands, and knetlab's
+    commands as the shell has them (``check``, ``leases``, ``fault list``), the latter
+    answered through the request socket the CLI serves for its lab."""
+    c = lab(write_topology(tmp_path, "name: lab-mncli\nnodes: {count: 2}\npods: {perNode: 1}\n"))
+    out = run_cli(c, tmp_path, "pods\nnodes\nroutes node-1\npod-1-0 ping -c1 -W2 pod-2-0\n"
+                      "check\nroutes\nroutes nowhere\nleases\nfault list\n"
+                      "bgp status\nstatus -o json\nhelp\nhelp leases\n")
     # (column widths follow the longest name: the add-ons' pods, coredns-..., are listed too)
     assert re.search(r"pod-2-0 +node-2 +10\.244\.2\.2", out), out
     assert re.search(r"node-1 +192\.168\.0\.11 +10\.244\.1\.0/24", out), out
@@ -82,17 +88,7 @@ spec:
 """)
     poll(lambda: {p["name"] for p in c.control.running_pods()} >= {"web-0", "web-1"}, 60,
          "web-0 and web-1 running")
-    script = tmp_path / "cmds"
-    script.write_text("pods\nweb-0 ping -c1 -W2 web-1\nweb-1 hostname\nkubectl get pods\n")
-    seen = io.StringIO()
-    handler = logging.StreamHandler(seen)
-    lg.addHandler(handler)
-    try:
-        with open("/dev/null") as devnull:
-            KnetCLI(c, stdin=devnull, script=str(script))
-    finally:
-        lg.removeHandler(handler)
-    out = seen.getvalue()
+    out = run_cli(c, tmp_path, "pods\nweb-0 ping -c1 -W2 web-1\nweb-1 hostname\nkubectl get pods\n")
     web1 = next(p for p in c.control.running_pods() if p["name"] == "web-1")
     assert re.search(rf"web-1 +{web1['node']} +{re.escape(web1['ip'])}\n", out), out
     assert "1 received" in out, out
@@ -107,21 +103,12 @@ def test_plane_commands_reach_the_live_lab(lab, tmp_path: Path, capfd) -> None:
     and ``flows`` read the switches; the switches forward while the controller is down."""
     c = lab(write_topology(tmp_path, "name: lab-mncli-o\ndataplane: ovs-vxlan\n"
                            "nodes: {count: 2}\npods: {perNode: 1}\nkubernetes: false\n"))
-    script = tmp_path / "cmds"
-    script.write_text("ovs-controller stop\npod-1-0 ping -c1 -W2 pod-2-0\n"
-                      "ovs-controller start\nflows node-1\n")
-    seen = io.StringIO()
-    handler = logging.StreamHandler(seen)
-    lg.addHandler(handler)
-    try:
-        with open("/dev/null") as devnull:
-            KnetCLI(c, stdin=devnull, script=str(script))
-    finally:
-        lg.removeHandler(handler)
+    out = run_cli(c, tmp_path, "ovs-controller stop\npod-1-0 ping -c1 -W2 pod-2-0\n"
+                  "ovs-controller start\nflows node-1\n")
     shown = capfd.readouterr().out
     stopped, started = shown.split("controller os-ken:")[1:3]
     assert stopped.startswith(" DOWN") and "forwarding with the flows it holds" in stopped, shown
     assert started.startswith(" running, pid") and "connected" in started, shown
-    assert "1 received" in seen.getvalue()
+    assert "1 received" in out
     assert c.backend.controller.alive()
     assert "table=" in shown or "TABLE" in shown.upper(), shown  # flows node-1
