@@ -13,6 +13,9 @@ APT_PACKAGES=(
   wrk
   unbound dnsmasq-base dnsperf  # cluster DNS (knetlab runs unbound per DNS pod; docs/dns.md)
 )
+# Nice to have, not in every archive (Ubuntu names it linux-tools-*): without it the DNS
+# bench skips its split of the server core's time (docs/dns.md).
+OPTIONAL_PACKAGES=(linux-perf)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -27,6 +30,12 @@ if ((${#missing[@]})); then
     systemctl disable --now unbound 2>/dev/null || true
   fi
 fi
+for p in "${OPTIONAL_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$p" \
+      || echo "setup: optional package $p is not available here; going on without it"
+  fi
+done
 
 # Debian's python3 sees Debian's mininet module (system site packages).
 if [ ! -x .venv/bin/python ]; then

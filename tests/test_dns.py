@@ -504,3 +504,55 @@ def test_upstream_must_be_inside_the_lab(tmp_path: Any, value: str, msg: str) ->
     text = str(err.value)
     assert msg in text and "dns.upstream" in text and "topo.yaml:4" in text
 
+
+
+PERF_SCRIPT = """unbound
+\t    7f3a __libc_sendto (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+unbound
+\tffffffff81 nf_conntrack_in ([kernel.kallsyms])
+\tffffffff82 nf_hook_slow ([kernel.kallsyms])
+\tffffffff83 br_nf_pre_routing ([kernel.kallsyms])
+\tffffffff84 process_backlog ([kernel.kallsyms])
+\tffffffff85 net_rx_action ([kernel.kallsyms])
+\tffffffff86 __local_bh_enable_ip ([kernel.kallsyms])
+\tffffffff87 __sys_sendto ([kernel.kallsyms])
+
+unbound
+\tffffffff88 _raw_spin_unlock_irqrestore ([kernel.kallsyms])
+\tffffffff89 try_to_wake_up ([kernel.kallsyms])
+\tffffffff8a sock_def_readable ([kernel.kallsyms])
+\tffffffff84 process_backlog ([kernel.kallsyms])
+\tffffffff85 net_rx_action ([kernel.kallsyms])
+
+unbound
+\tffffffff8b fib_table_lookup ([kernel.kallsyms])
+\tffffffff84 process_backlog ([kernel.kallsyms])
+\tffffffff85 net_rx_action ([kernel.kallsyms])
+
+unbound
+\tffffffff8c udp_sendmsg ([kernel.kallsyms])
+\tffffffff87 __sys_sendto ([kernel.kallsyms])
+
+unbound
+\tffffffff8d __skb_recv_udp ([kernel.kallsyms])
+\tffffffff8e __sys_recvfrom ([kernel.kallsyms])
+"""
+
+
+def test_bench_splits_server_time_by_perf_stack() -> None:
+    """The DNS bench's split of the server core: user code, its own system calls, and the
+    reply's network path run in its context (netfilter, waking the client, forwarding)."""
+    from knetlab.bench.dns import split_samples
+    assert split_samples(PERF_SCRIPT) == {
+        "user": 1, "path: netfilter": 1, "path: wake the client": 1, "path: forwarding": 1,
+        "syscall: send": 1, "syscall: receive": 1}
+
+
+def test_bench_cpu_time_is_exact() -> None:
+    """schedstat nanoseconds, not 4 ms ticks: 30 ms of busy loop reads as 30 ms +- 10."""
+    from knetlab.bench.dns import cpu_ns
+    before, t0 = cpu_ns(os.getpid()), time.thread_time()
+    while time.thread_time() - t0 < 0.03:
+        pass
+    assert 0.025 <= (cpu_ns(os.getpid()) - before) / 1e9 <= 0.045
