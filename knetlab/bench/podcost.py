@@ -36,6 +36,9 @@ PLANES = ["host-gw", "vpc-routes", "flannel-vxlan", "flannel-udp", "calico-bgp",
           "ovs-vxlan", "ovs-gre", "weave", "macvlan"]
 #: names of the profiler's lab and cgroups start with this (as in knetlab.bench.bringup)
 LAB_PREFIX = os.environ.get("KNETLAB_BENCH_LAB", "bench")
+#: the plain Mininet yardstick's names (bridge, hosts) start with this: two runs with other
+#: prefixes do not collide (host names become interface names: at most 4 characters)
+MININET_TAG = "".join(c for c in LAB_PREFIX if c.isalnum())[:4] or "pfc"
 
 
 class StepMeter:
@@ -189,12 +192,12 @@ def profile_mininet(hosts: int) -> dict[str, Any]:
         meter = StepMeter(cg)
         net = Mininet(topo=None, switch=KernelBridge, controller=None, build=False,
                       autoSetMacs=False, waitConnected=False, ipBase="10.250.0.0/16")
-        sw = net.addSwitch("pfcb1")
+        sw = net.addSwitch(f"{MININET_TAG}b1")
         sw.start([])
         try:
             for i in range(hosts):
                 with meter.step("shell"):
-                    host = net.addHost(f"pfch{i}")
+                    host = net.addHost(f"{MININET_TAG}h{i}")
                 with meter.step("link"):
                     link = net.addLink(host, sw)
                 with meter.step("config (ip, lo up)"):

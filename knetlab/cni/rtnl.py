@@ -29,6 +29,7 @@ import os
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs plugins ~7 ms
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Any
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/neighbour.h
 NETLINK_ROUTE = 0
@@ -163,6 +164,17 @@ def route(index: int, dst: str, plen: int, gateway: str | None = None,
     if gateway:
         body += _attr(RTA_GATEWAY, _ip(gateway))
     return RTM_NEWROUTE, flags, body + _attr(RTA_OIF, _struct.pack("=I", index))
+
+
+def pod_interface(index: int, ip: str, plen: int, routes: list[dict[str, Any]],
+                  gateway: str | None) -> list[tuple[int, int, bytes]]:
+    """A pod's interface as the CNI result says: its address, up, then the result's
+    ``routes`` (``{"dst": CIDR, "gw": IP?}``), via ``gateway`` where one names none."""
+    msgs = [addr_add(index, ip, plen), link_up(index)]
+    for r in routes:
+        dst, _, dst_len = r["dst"].partition("/")
+        msgs.append(route(index, dst, int(dst_len or 32), r.get("gw") or gateway))
+    return msgs
 
 
 def neigh_permanent(index: int, ip: str, mac: str) -> tuple[int, int, bytes]:

@@ -182,11 +182,7 @@ def _attach(args: Args, conf: dict[str, Any], br: str, mtu: int, ip: str, plen: 
             what = f"configure {args.ifname} in {args.netns}"
             with rtnl.Netlink() as pod:
                 index = _index(args.ifname, what, VETH_FAILED)
-                msgs = [rtnl.addr_add(index, ip, plen), rtnl.link_up(index)]
-                for r in routes:
-                    dst, _, dst_len = r["dst"].partition("/")
-                    msgs.append(rtnl.route(index, dst, int(dst_len or 32), r.get("gw") or gw))
-                _netlink(pod, msgs, what, VETH_FAILED)
+                _netlink(pod, rtnl.pod_interface(index, ip, plen, routes, gw), what, VETH_FAILED)
         except BaseException:
             try:
                 node.request([rtnl.link_del(veth)])

@@ -204,11 +204,7 @@ def _veth(args: Args, veth: str, mtu: int, ip: str, plen: int, pod_mac: str, gw:
             what = f"configure {args.ifname} in {args.netns}"
             with rtnl.Netlink() as pod:
                 index = _index(args.ifname, what)
-                msgs = [rtnl.addr_add(index, ip, plen), rtnl.link_up(index)]
-                for r in routes:
-                    dst, _, dst_len = r["dst"].partition("/")
-                    msgs.append(rtnl.route(index, dst, int(dst_len or 32), r.get("gw") or gw))
-                _netlink(pod, msgs, what)
+                _netlink(pod, rtnl.pod_interface(index, ip, plen, routes, gw), what)
         except BaseException:
             try:
                 node.request([rtnl.link_del(veth)])
