@@ -11,7 +11,9 @@ One agent per node (``agent.py``, a recorded ``Daemon``: pid file, log and statu
 writing that node's rules through its mode's ``Proxier`` (``proxier.py``; ``model.py`` is
 what every mode renders). The agent also gives the API server an address pods can reach
 (``apirelay.py``): this add-on points the ``kubernetes`` Service's Endpoints and
-EndpointSlice at ``NODE_IP:6443`` of every node.
+EndpointSlice at ``NODE_IP:6443`` of the lab's first three nodes, as a cluster's three API
+servers would be listed (not every node: each change of that list makes every proxy sync,
+which made a 100-node bring-up spend 4,600 syncs on it).
 
 Package layout: model (desired state), proxier (interface + registry), iptables / nftables /
 userspace (the modes), conntrack (stale UDP entries), apirelay, agent (the process),
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from knetlab.topologies.schema import ClusterSpec
 
 log = logging.getLogger("knetlab.addons.kubeproxy")
+#: how many nodes' relays the ``kubernetes`` Service lists (a cluster's API servers)
+API_ENDPOINTS = 3
 MODES = ("iptables", "nftables", "userspace", "ipvs")
 DAEMON = "kube-proxy"
 
@@ -81,6 +85,7 @@ class KubeProxy(Addon):
     def __init__(self, cluster: Cluster) -> None:
         super().__init__(cluster)
         self.daemons_by_node: dict[str, KubeProxyDaemon] = {}
+        self.published: list[str] | None = None  # the relays last written (None: not yet)
 
     @classmethod
     def validate(cls, spec: ClusterSpec, settings: Fields) -> dict[str, Any]:
@@ -140,13 +145,17 @@ class KubeProxy(Addon):
 
     # -- the ``kubernetes`` Service's endpoints ------------------------------------------
     def _publish_api_endpoints(self) -> None:
-        """Endpoints and EndpointSlice ``kubernetes`` in ``default``: every node's relay
-        (NODE_IP:6443), as the API server's endpoint reconciler lists its own addresses."""
+        """Endpoints and EndpointSlice ``kubernetes`` in ``default``: the relays
+        (NODE_IP:6443) of the first ``API_ENDPOINTS`` nodes in the lab's order, as the API
+        servers' endpoint reconciler lists their own addresses; unchanged (no write, no
+        proxy sync) while those nodes stay."""
         control = self.cluster.control
         if control is None:
             return
-        ips = sorted(self.cluster.nodes[n].node_ip for n in self.daemons_by_node
-                     if n in self.cluster.nodes)
+        ips = [node.node_ip for name, node in self.cluster.nodes.items()
+               if name in self.daemons_by_node][:API_ENDPOINTS]
+        if ips == self.published:
+            return
         port = {"name": "https", "port": API_PORT, "protocol": "TCP"}
         meta = {"name": "kubernetes", "namespace": "default",
                 "labels": {"kubernetes.io/service-name": "kubernetes",
@@ -163,3 +172,5 @@ class KubeProxy(Addon):
                 control.client.apply(obj)
             except ApiError as exc:
                 log.warning("cannot publish the kubernetes Service's %s: %s", obj["kind"], exc)
+                return  # written again on the next node change
+        self.published = ips
