@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,34 @@ def _pod_wired_by_agent(c, pod, node_name: str) -> None:  # noqa: ANN001
     assert "tx-checksumming: off" in features, features
 
 
+def _add_pod_watching_links(c, name: str, node_name: str):  # noqa: ANN001, ANN202
+    """Add pod ``name`` while recording the node's link changes. Every change of its host
+    port (creation, up, promiscuous, carrier, operstate) happens within the ADD, so none
+    reaches vswitchd after it opened the port: each would cost a reconfiguration of the
+    whole switch, and one more for the open port (an operstate change left to the
+    kernel's linkwatch worker comes up to a second later)."""
+    node = c.node(node_name)
+    mon = subprocess.Popen(["nsenter", f"--net={node.netns}", "--", "ip", "-ts", "-o",
+                            "monitor", "link"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)  # ip has subscribed (no output to wait for)
+        pod = c.add_pod(name, node_name)
+        returned = time.time()
+    finally:
+        mon.terminate()
+        out, _ = mon.communicate(timeout=5)
+    port = c.backend.switches[node_name].ovs.vsctl(
+        "--bare", "--columns=name", "find", "interface", f"external_ids:ip={pod.ip}").strip()
+    changes = [line for line in out.splitlines() if f"{port}@" in line]
+    opened = [line for line in changes if ",UP" in line]
+    assert opened and all("PROMISC" in line and "LOWER_UP" in line for line in opened), out
+    announced = [line for line in changes if "state UP" in line]
+    assert announced, out
+    stamp = announced[0][1:announced[0].index("]")]
+    assert datetime.fromisoformat(stamp).timestamp() <= returned, (returned, announced)
+    return pod
+
+
 @needs_root
 @pytest.mark.e2e
 def test_ovs_vxlan_end_to_end(lab) -> None:  # noqa: ANN001
@@ -142,7 +171,7 @@ def test_ovs_vxlan_end_to_end(lab) -> None:  # noqa: ANN001
     assert not ctl.alive()
     assert c.check().ok
     # A pod added while it is down gets its flows when it comes back, without duplicates.
-    late = c.add_pod("ov-late", "node-1")
+    late = _add_pod_watching_links(c, "ov-late", "node-1")
     assert not _ping(c.pod("pod-3-0"), late.ip, 1.5)
     before = {n: sum(_flow_counts(c, n).values()) for n in ("node-1", "node-2")}
     ctl.start()

@@ -17,7 +17,9 @@ Design notes:
 - A veth is created as one message, up, its pod end already in the pod's namespace
   (``IFLA_NET_NS_FD`` in the peer's attributes). The pod end cannot be brought up in that
   message (a veth end opens only once its peer is linked: ENOTCONN), so ``link_up`` does
-  it from the pod's side, with its address.
+  it from the pod's side, with its address. ``veth_add_pod_first`` swaps the roles (the
+  pod end is the device, up; the host end the peer, opened by a ``link_set`` in the same
+  ``request``): for a node whose daemons react to every link change there (ovs-vswitchd).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 ADD = NLM_F_CREATE | NLM_F_EXCL  # ip ... add
 REPLACE = NLM_F_CREATE | NLM_F_REPLACE  # ip ... replace
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH = 16, 17, 20, 24, 28
+RTM_GETLINK = 18
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFF_UP = 0x1
@@ -167,10 +170,11 @@ def route(index: int, dst: str, plen: int, gateway: str | None = None,
 
 
 def pod_interface(index: int, ip: str, plen: int, routes: list[dict[str, Any]],
-                  gateway: str | None) -> list[tuple[int, int, bytes]]:
-    """A pod's interface as the CNI result says: its address, up, then the result's
-    ``routes`` (``{"dst": CIDR, "gw": IP?}``), via ``gateway`` where one names none."""
-    msgs = [addr_add(index, ip, plen), link_up(index)]
+                  gateway: str | None, up: bool = True) -> list[tuple[int, int, bytes]]:
+    """A pod's interface as the CNI result says: its address, up (unless ``up`` is False:
+    it is already), then the result's ``routes`` (``{"dst": CIDR, "gw": IP?}``), via
+    ``gateway`` where one names none."""
+    msgs = [addr_add(index, ip, plen)] + ([link_up(index)] if up else [])
     for r in routes:
         dst, _, dst_len = r["dst"].partition("/")
         msgs.append(route(index, dst, int(dst_len or 32), r.get("gw") or gateway))
@@ -206,6 +210,47 @@ def bridge_port_hairpin(index: int) -> tuple[int, int, bytes]:
     data = _attr(IFLA_BRPORT_MODE, b"\1")
     info = _attr(IFLA_INFO_SLAVE_KIND, b"bridge") + _attr(IFLA_INFO_SLAVE_DATA, data)
     return RTM_NEWLINK, 0, _ifinfo(index) + _attr(IFLA_LINKINFO, info)
+
+
+IFF_PROMISC = 0x100
+
+
+def veth_add_pod_first(pod: str, pod_mac: str, pod_netns_fd: int, host: str, host_mac: str,
+                       host_netns_fd: int, mtu: int) -> tuple[int, int, bytes]:
+    """``ip link add POD mtu M address POD_MAC netns POD_FD up type veth peer name HOST mtu
+    M address HOST_MAC netns HOST_FD``: the pod's end is the device, up from its creation;
+    the host end, its peer, is created down (a peer cannot be opened before it is linked:
+    ENOTCONN). ``link_set`` then opens the host end, which gives both ends carrier at once."""
+    peer_attrs = (_ifinfo() + _attr(IFLA_IFNAME, _name(host))
+                  + _attr(IFLA_MTU, _struct.pack("=I", mtu))
+                  + _attr(IFLA_ADDRESS, _mac(host_mac))
+                  + _attr(IFLA_NET_NS_FD, _struct.pack("=I", host_netns_fd)))
+    info = _attr(IFLA_INFO_KIND, b"veth") + _attr(IFLA_INFO_DATA,
+                                                  _attr(VETH_INFO_PEER, peer_attrs))
+    body = (_ifinfo(up=True) + _attr(IFLA_IFNAME, _name(pod))
+            + _attr(IFLA_MTU, _struct.pack("=I", mtu)) + _attr(IFLA_ADDRESS, _mac(pod_mac))
+            + _attr(IFLA_NET_NS_FD, _struct.pack("=I", pod_netns_fd))
+            + _attr(IFLA_LINKINFO, info))
+    return RTM_NEWLINK, ADD, body
+
+
+def link_set(name: str, up: bool = True, promisc: bool = False, master: int = 0
+             ) -> tuple[int, int, bytes]:
+    """``ip link set NAME [up] [promisc on] [master MASTER]``, by name (no index needed:
+    it can follow the link's creation in the same ``request``)."""
+    flags = (IFF_UP if up else 0) | (IFF_PROMISC if promisc else 0)
+    body = _struct.pack("=BxHiII", 0, 0, 0, flags, IFF_UP | IFF_PROMISC)
+    body += _attr(IFLA_IFNAME, _name(name))
+    if master:
+        body += _attr(IFLA_MASTER, _struct.pack("=I", master))
+    return RTM_NEWLINK, 0, body
+
+
+def link_get(name: str) -> tuple[int, int, bytes]:
+    """``ip link show NAME``. The kernel first runs the link's pending linkwatch work
+    (``linkwatch_sync_dev``): a carrier change just made is announced (operstate) within
+    this request, not later from a worker. ``request`` skips the reply itself."""
+    return RTM_GETLINK, 0, _ifinfo() + _attr(IFLA_IFNAME, _name(name))
 
 
 def link_index(name: str) -> int:

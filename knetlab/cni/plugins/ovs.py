@@ -152,7 +152,7 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
                        ) from None
     node_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        _veth(args, veth, mtu, ip, plen, pod_mac, gw, routes, sink, pod_ns)
+        _veth(args, veth, mtu, ip, plen, pod_mac, gw, routes, sink, pod_ns, node_ns)
     finally:
         rtnl.enter_netns(node_ns)  # back home: the rest (and any roll-back) works here
         os.close(pod_ns)
@@ -180,20 +180,35 @@ def _wire(args: Args, conf: dict[str, Any], ipam_result: dict[str, Any]) -> dict
 
 
 def _veth(args: Args, veth: str, mtu: int, ip: str, plen: int, pod_mac: str, gw: str | None,
-          routes: list[dict[str, Any]], sink: str | None, pod_ns: int) -> None:
-    """The kernel work of ADD, in rtnetlink messages (no ``ip``, no ``nsenter``): the veth,
-    up, its pod end in the pod's namespace, its host end (``sink``) a port of the node's
-    down bridge in the same request, so the kernel never handles a frame of it (vswitchd
-    re-reads its ports on every link change in the node: fewer, batched changes cost it
-    less); then, from inside the pod's namespace, address, up, routes, and tx checksum
-    offload off. Leaves this thread in the pod's namespace."""
+          routes: list[dict[str, Any]], sink: str | None, pod_ns: int, node_ns: int) -> None:
+    """The kernel work of ADD, in rtnetlink messages (no ``ip``, no ``nsenter``); leaves this
+    thread in the pod's namespace.
+
+    ovs-vswitchd reconfigures (re-reads every port; dumps routes and addresses) in every
+    main-loop pass that saw a link change in the node, and once more for a change that
+    arrives about a port it has open (the veth once OVSDB names it). So the host end
+    reaches its final state in one request, before the OVSDB transaction: the veth, its
+    pod end already in the pod's namespace and up (created as the device, not as the
+    peer: a peer cannot be opened at creation); in the same ``send``, the host end up,
+    promiscuous (what vswitchd's userspace datapath would set itself: one more change) and
+    a port of ``sink``, the node's down bridge (the kernel drops its frames after
+    vswitchd's AF_PACKET socket has seen them), which gives both ends carrier; then the
+    host end read back, which makes the kernel announce its operstate now rather than from
+    its linkwatch worker up to a second later. Then, from inside the pod's namespace,
+    address, routes and tx checksum offload off."""
     what = f"create veth {veth} for {args.container_id}"
     with rtnl.Netlink() as node:  # stays open: deletes the veth again if a step fails
-        kind, flags, body = rtnl.veth_add(veth, mtu, local_mac(veth), args.ifname, pod_mac,
-                                          pod_ns)
-        if sink:  # IFLA_MASTER (10): a bridge port from its creation on
-            body += _struct.pack("=HHI", 8, 10, _index(sink, what))
-        _netlink(node, [(kind, flags, body)], what)
+        host = rtnl.link_set(veth, up=True, promisc=True,
+                             master=_index(sink, what) if sink else 0)
+        try:
+            node.request([rtnl.veth_add_pod_first(args.ifname, pod_mac, pod_ns, veth,
+                                                  local_mac(veth), node_ns, mtu), host,
+                          rtnl.link_get(veth)])
+        except OSError as exc:
+            if exc.filename:  # the index of the failed message: the veth exists, undo it
+                _delete_link(node, veth)
+            raise CNIError(VETH_FAILED, f"failed to {what}", exc.strerror or str(exc)
+                           ) from None
         try:
             rtnl.enter_netns(pod_ns)
             try:
@@ -204,13 +219,17 @@ def _veth(args: Args, veth: str, mtu: int, ip: str, plen: int, pod_mac: str, gw:
             what = f"configure {args.ifname} in {args.netns}"
             with rtnl.Netlink() as pod:
                 index = _index(args.ifname, what)
-                _netlink(pod, rtnl.pod_interface(index, ip, plen, routes, gw), what)
+                _netlink(pod, rtnl.pod_interface(index, ip, plen, routes, gw, up=False), what)
         except BaseException:
-            try:
-                node.request([rtnl.link_del(veth)])
-            except OSError:
-                pass  # gone with the pod's namespace already
+            _delete_link(node, veth)
             raise
+
+
+def _delete_link(node: rtnl.Netlink, name: str) -> None:
+    try:
+        node.request([rtnl.link_del(name)])
+    except OSError:
+        pass  # gone with the pod's namespace already
 
 
 SIOCETHTOOL, ETHTOOL_STXCSUM = 0x8946, 0x17  # linux/sockios.h, linux/ethtool.h

@@ -48,6 +48,7 @@ POD_MTU = 1450  # 1500 minus the tunnel header; 1500 breaks TCP with the userspa
 NFT_TABLE = "knetlab_ovs"  # netdev table in the node netns: ingress drops on OVS-owned ports
 SINK_BRIDGE = "ovs-sink"  # down Linux bridge: its ports' frames reach vswitchd, not the kernel
 SINK_MAC = "02:00:00:00:5e:00"  # fixed: a bridge's MAC would otherwise follow its ports
+STATS_MS = 60_000  # vswitchd's refresh of the Interface statistics column (default 5000)
 
 
 def nft_drop_rules(device: str) -> str:
@@ -111,7 +112,12 @@ class NodeSwitch:
     def _bridges(self, mac: str, controller: Path) -> None:
         node = self.node
         self.ovs.vsctl(
-            "--may-exist", "add-br", "br-phy", "--", "set", "bridge", "br-phy",
+            # Every stats-update-interval vswitchd reads every port's counters from the
+            # kernel and writes them all to OVSDB (5 s by default: work that grows with the
+            # pods on the node); nothing here reads that column (``ovs-ofctl dump-ports``
+            # asks the datapath itself).
+            "set", "Open_vSwitch", ".", f"other_config:stats-update-interval={STATS_MS}",
+            "--", "--may-exist", "add-br", "br-phy", "--", "set", "bridge", "br-phy",
             "datapath_type=netdev", f"other-config:hwaddr={mac}",
             "--", "--may-exist", "add-port", "br-phy", node.uplink,
             "--", "--may-exist", "add-br", "br-int", "--", "set", "bridge", "br-int",
