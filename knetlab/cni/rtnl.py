@@ -122,10 +122,12 @@ class Netlink:
 
 
 # -- messages (type, flags, body), named after the ``ip`` command they replace ---------------
-def veth_add(name: str, mtu: int, mac: str, peer: str, peer_mac: str, peer_netns_fd: int
-             ) -> tuple[int, int, bytes]:
-    """``ip link add NAME mtu M address MAC up type veth peer name PEER mtu M address
-    PEER_MAC netns FD`` (the peer still down)."""
+def veth_add(name: str, mtu: int, mac: str, peer: str, peer_mac: str, peer_netns_fd: int,
+             netns_fd: int | None = None) -> tuple[int, int, bytes]:
+    """``ip link add NAME mtu M address MAC [netns FD] up type veth peer name PEER mtu M
+    address PEER_MAC netns PEER_FD``: the device up from its creation (in ``netns_fd``'s
+    namespace if given), its peer down (a peer cannot be opened before it is linked:
+    ENOTCONN; opening it later gives both ends carrier at once)."""
     peer_attrs = (_ifinfo() + _attr(IFLA_IFNAME, _name(peer))
                   + _attr(IFLA_MTU, _struct.pack("=I", mtu))
                   + _attr(IFLA_ADDRESS, _mac(peer_mac))
@@ -133,9 +135,10 @@ def veth_add(name: str, mtu: int, mac: str, peer: str, peer_mac: str, peer_netns
     info = _attr(IFLA_INFO_KIND, b"veth") + _attr(IFLA_INFO_DATA,
                                                   _attr(VETH_INFO_PEER, peer_attrs))
     body = (_ifinfo(up=True) + _attr(IFLA_IFNAME, _name(name))
-            + _attr(IFLA_MTU, _struct.pack("=I", mtu)) + _attr(IFLA_ADDRESS, _mac(mac))
-            + _attr(IFLA_LINKINFO, info))
-    return RTM_NEWLINK, ADD, body
+            + _attr(IFLA_MTU, _struct.pack("=I", mtu)) + _attr(IFLA_ADDRESS, _mac(mac)))
+    if netns_fd is not None:
+        body += _attr(IFLA_NET_NS_FD, _struct.pack("=I", netns_fd))
+    return RTM_NEWLINK, ADD, body + _attr(IFLA_LINKINFO, info)
 
 
 def link_up(index: int) -> tuple[int, int, bytes]:
@@ -213,25 +216,6 @@ def bridge_port_hairpin(index: int) -> tuple[int, int, bytes]:
 
 
 IFF_PROMISC = 0x100
-
-
-def veth_add_pod_first(pod: str, pod_mac: str, pod_netns_fd: int, host: str, host_mac: str,
-                       host_netns_fd: int, mtu: int) -> tuple[int, int, bytes]:
-    """``ip link add POD mtu M address POD_MAC netns POD_FD up type veth peer name HOST mtu
-    M address HOST_MAC netns HOST_FD``: the pod's end is the device, up from its creation;
-    the host end, its peer, is created down (a peer cannot be opened before it is linked:
-    ENOTCONN). ``link_set`` then opens the host end, which gives both ends carrier at once."""
-    peer_attrs = (_ifinfo() + _attr(IFLA_IFNAME, _name(host))
-                  + _attr(IFLA_MTU, _struct.pack("=I", mtu))
-                  + _attr(IFLA_ADDRESS, _mac(host_mac))
-                  + _attr(IFLA_NET_NS_FD, _struct.pack("=I", host_netns_fd)))
-    info = _attr(IFLA_INFO_KIND, b"veth") + _attr(IFLA_INFO_DATA,
-                                                  _attr(VETH_INFO_PEER, peer_attrs))
-    body = (_ifinfo(up=True) + _attr(IFLA_IFNAME, _name(pod))
-            + _attr(IFLA_MTU, _struct.pack("=I", mtu)) + _attr(IFLA_ADDRESS, _mac(pod_mac))
-            + _attr(IFLA_NET_NS_FD, _struct.pack("=I", pod_netns_fd))
-            + _attr(IFLA_LINKINFO, info))
-    return RTM_NEWLINK, ADD, body
 
 
 def link_set(name: str, up: bool = True, promisc: bool = False, master: int = 0

@@ -201,8 +201,10 @@ def _veth(args: Args, veth: str, mtu: int, ip: str, plen: int, pod_mac: str, gw:
         host = rtnl.link_set(veth, up=True, promisc=True,
                              master=_index(sink, what) if sink else 0)
         try:
-            node.request([rtnl.veth_add_pod_first(args.ifname, pod_mac, pod_ns, veth,
-                                                  local_mac(veth), node_ns, mtu), host,
+            # the pod's end is the device, made up in the pod's namespace; the host end
+            # its peer, opened by ``host`` in the same request
+            node.request([rtnl.veth_add(args.ifname, mtu, pod_mac, veth, local_mac(veth),
+                                        node_ns, netns_fd=pod_ns), host,
                           rtnl.link_get(veth)])
         except OSError as exc:
             if exc.filename:  # the index of the failed message: the veth exists, undo it
