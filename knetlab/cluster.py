@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,6 +70,8 @@ class Cluster:
         self.etcd: EtcdDaemon | None = None  # the lab's etcd: store and Kubernetes' backend
         self._store_boot: Future[None] | None = None  # its start, while the network is built
         self.store: Store | None = None  # the lab's control-plane store (etcd), once up
+        # the API's pods as Mininet hosts: looked up from several threads (pings in parallel)
+        self._api_hosts_lock = threading.Lock()
         self.control: ControlPlane | None = None  # its Kubernetes, unless spec.kubernetes is off
         self._kube: Any = None  # the official client, made on first use
         self.addons: list[Addon] = []  # cluster services on top of Kubernetes (knetlab.addons)
@@ -591,14 +594,15 @@ class Cluster:
         if self.control is None or self.net is None:
             return
         live = {p["name"]: p for p in self._api_pods()}
-        for host in [h for h in self.net.hosts if isinstance(h, ApiPod)]:
-            p = live.get(host.name)
-            if p is None or p["pid"] != host.sandbox_pid:
-                self._remove_host(host)
-        for name, p in live.items():
-            if name not in self.net.nameToNode:
-                self.net.addHost(name, cls=ApiPod, rundir=self.rundir, node=p["node"],
-                                 sandbox_pid=p["pid"], ip=p["ip"])
+        with self._api_hosts_lock:  # two threads must not make or drop the same host
+            for host in [h for h in self.net.hosts if isinstance(h, ApiPod)]:
+                p = live.get(host.name)
+                if p is None or p["pid"] != host.sandbox_pid:
+                    self._remove_host(host)
+            for name, p in live.items():
+                if name not in self.net.nameToNode:
+                    self.net.addHost(name, cls=ApiPod, rundir=self.rundir, node=p["node"],
+                                     sandbox_pid=p["pid"], ip=p["ip"])
 
     def _write_state(self, phase: str) -> None:
         state = self.state() if self.net is not None else {}  # (Mininet has __len__)
