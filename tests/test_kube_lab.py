@@ -89,6 +89,31 @@ def serving(k: Kubectl, selector: str) -> list[dict]:
             if ready(p) and not p["metadata"].get("deletionTimestamp")]
 
 
+def rollout_state(k: Kubectl) -> str:
+    """What a failed rollout assertion needs to be understood: each ReplicaSet's wanted and
+    counted replicas, each pod's owner, image, readiness and deletion."""
+    rss = [(r["metadata"]["name"], r["spec"].get("replicas"), r.get("status", {}))
+           for r in k.json("get", "rs", "-l", "app=web")["items"]]
+    pods = [(p["metadata"]["name"], p["spec"]["containers"][0]["image"], ready(p),
+             p["metadata"].get("deletionTimestamp"), p["metadata"].get("creationTimestamp"))
+            for p in pods_of(k, "app=web")]
+    return f"replicasets {rss}; pods {pods}"
+
+
+def serving_only(k: Kubectl, image: str, timeout: float = 20) -> None:
+    """After ``rollout status``: the three ready, not deleting web pods all run ``image``.
+    Polled, not read once: twice in ~10 runs of 2026-12-01 an old pod still served for a
+    moment while a new one did not (cause not found yet); the ReplicaSets and pods are
+    printed if it never settles."""
+    def settled() -> bool:
+        pods = serving(k, "app=web")
+        return len(pods) == 3 and {p["spec"]["containers"][0]["image"] for p in pods} == {image}
+    try:
+        poll(settled, timeout, f"three ready web pods, all {image}")
+    except pytest.fail.Exception as exc:
+        pytest.fail(f"{exc}: {rollout_state(k)}")
+
+
 def wait_ready(k: Kubectl, selector: str, count: int, timeout: float = 60) -> list[dict]:
     found: list[dict] = []
 
@@ -224,14 +249,12 @@ def test_rolling_update_keeps_serving_and_undo(kube_lab: Cluster, kubectl: Kubec
     finally:
         stop.set()
         t.join()
-    images = {p["spec"]["containers"][0]["image"] for p in wait_ready(kubectl, "app=web", 3)}
-    assert images == {"registry.k8s.io/e2e-test-images/agnhost:2.48"}
+    serving_only(kubectl, "registry.k8s.io/e2e-test-images/agnhost:2.48")
     assert served > 0 and not failures, failures
     assert "2" in kubectl("rollout", "history", "deployment/web")
     kubectl("rollout", "undo", "deployment/web")
     kubectl("rollout", "status", "deployment/web", "--timeout=90s", timeout=120)
-    images = {p["spec"]["containers"][0]["image"] for p in wait_ready(kubectl, "app=web", 3)}
-    assert images == {"registry.k8s.io/e2e-test-images/agnhost:2.47"}
+    serving_only(kubectl, "registry.k8s.io/e2e-test-images/agnhost:2.47")
 
 
 def test_statefulset_stable_names(kube_lab: Cluster, kubectl: Kubectl) -> None:
