@@ -79,11 +79,7 @@ class RequestServer:
         self.cluster = cluster
         self.lock = threading.Lock()
         self._stop = threading.Event()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        cluster.rundir.socket.unlink(missing_ok=True)
-        self._sock.bind(str(cluster.rundir.socket))
-        self._sock.listen(16)
-        self._sock.settimeout(0.5)
+        self._sock = _listen(cluster.rundir)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)  # close() wakes the thread
         self._thread = threading.Thread(target=self._serve, name="knetlab-requests",
                                         daemon=True)
@@ -132,11 +128,7 @@ def serve(topology: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    cluster.rundir.socket.unlink(missing_ok=True)
-    server.bind(str(cluster.rundir.socket))
-    server.listen(16)
-    server.settimeout(0.5)
+    server = _listen(cluster.rundir)
     # A signal writes to this pipe (set_wakeup_fd), so the loop below sleeps until a request
     # or SIGTERM comes: an idle lab's supervisor does not wake every 0.5 s to look at `stop`.
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -162,6 +154,16 @@ def serve(topology: str) -> int:
         server.close()
         cluster.down()
     return 0
+
+
+def _listen(rd: RunDir) -> socket.socket:
+    """The lab's request socket, listening (a stale one of a dead owner is replaced)."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    rd.socket.unlink(missing_ok=True)
+    server.bind(str(rd.socket))
+    server.listen(16)
+    server.settimeout(0.5)
+    return server
 
 
 def _wait_readable(server: socket.socket, wake: int) -> bool:
