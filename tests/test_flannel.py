@@ -206,7 +206,7 @@ def test_vxlan_membership_and_healing(lab) -> None:
     assert not pings(c, "pod-1-0", "pod-2-0")
     took = wait_for(lambda: pings(c, "pod-1-0", "pod-2-0"), 10, "agent restarted, path healed")
     assert c.backend.agents["node-1"].pid != agent.pid and took < 5, took
-    c.backend.restart_agent("node-1")  # the RPC behind `knetlab flannel restart-agent`
+    c.backend.restart_agent("node-1")  # stop and start it by hand, as the watchdog does
     assert c.check().ok
 
 
