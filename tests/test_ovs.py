@@ -202,7 +202,15 @@ def test_ovs_gre_end_to_end_and_clean(lab) -> None:  # noqa: ANN001
     t = time.monotonic()
     extra = c.add_pod("ov-extra", "node-2")
     assert _ping(a, extra.ip, 2.0) and time.monotonic() - t < 3.0
+    sw = c.backend.switches["node-2"]
+    port = sw.ovs.vsctl("--bare", "--columns=name", "find", "interface",
+                        f"external_ids:ip={extra.ip}").strip()
     c.delete_pod("ov-extra")
+    # DEL took the port off br-int (its Interface row with it) and deleted the host veth
+    assert port and port not in sw.ovs.vsctl("list-ports", "br-int").split()
+    assert not sw.ovs.vsctl("--bare", "--columns=name", "find", "interface",
+                            f"name={port}").strip()
+    assert not c.node("node-2").run(["ip", "link", "show", port], check=False).ok
     # `knetlab clean` (as after a crash) leaves no OVS process, database or socket.
     run = c.rundir.path
     subprocess.run([str(Path(os.sys.executable).parent / "knetlab"), "clean", "--cluster",

@@ -333,12 +333,29 @@ def _wait_flows(conf: dict[str, Any], rev: int) -> None:
                    f"{wait}s", f"see {os.path.dirname(conf['controllerStatus'])}/os-ken.log")
 
 
+def _del_port(conf: dict[str, Any], port: str) -> None:
+    """``ovs-vsctl --if-exists del-port BRIDGE PORT`` as one OVSDB transaction (best effort:
+    DEL must go on when OVS is gone): the Port out of the bridge's ports, which drops the
+    Port and its Interface rows (OVSDB garbage-collects unreferenced rows)."""
+    ops = [{"op": "select", "table": "Port", "where": where_name(port), "columns": ["_uuid"]}]
+    try:
+        found = transact(conf["ovsdb"], ops)
+        rows = found[0].get("rows") or [] if found else []
+        if rows:
+            transact(conf["ovsdb"], [{
+                "op": "mutate", "table": "Bridge", "where": [],
+                "mutations": [["ports", "delete", ["set", [rows[0]["_uuid"]]]]]}])
+    except OvsdbError:
+        pass
+
+
 def _unwire(args: Args, conf: dict[str, Any]) -> None:
     veth = host_veth_name(args.container_id, args.ifname)
-    _vsctl(conf, "--if-exists", "del-port", conf.get("bridge", "br-int"), veth, check=False)
+    _del_port(conf, veth)
     if not conf.get("sinkBridge"):
         run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"])
-    run(["ip", "link", "del", veth])
+    with rtnl.Netlink() as node:
+        _delete_link(node, veth)
 
 
 def delete(args: Args) -> None:
@@ -396,8 +413,7 @@ def gc(args: Args) -> None:
         store.delete(key)
         veth = str(pod.get("port", ""))
         if veth:
-            _vsctl(conf, "--if-exists", "del-port", conf.get("bridge", "br-int"), veth,
-                   check=False)
+            _del_port(conf, veth)
             if not conf.get("sinkBridge"):
                 run(["nft", "delete", "chain", "netdev", NFT_TABLE, f"in-{veth}"])
     delegate(conf["ipam"]["type"], "GC", conf, args.env)
