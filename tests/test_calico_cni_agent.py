@@ -1,4 +1,4 @@
-"""The calico plugin through its node agent (knetlab/cni/calico_agent.py) and without one:
+"""The calico plugin through its node agent (knetlab/cni/agent.py) and without one:
 the same pod wiring, the same CNI answers (results, errors, DEL twice), concurrent ADDs
 served in parallel, and a lab whose pods are wired by its nodes' agents.
 
@@ -162,6 +162,28 @@ def test_without_an_agent_the_plugin_wires_the_pod_itself(node_ns: str,
     assert code == 0, result
     wired(netns, result)
     assert plugin("DEL", "solo", netns, conf(etcd_store)) == (0, {})
+
+
+def test_an_agent_that_ends_without_an_answer_is_the_specs_error(node_ns: str,
+                                                                 etcd_store: Store) -> None:
+    """The thin client (knetlab/cni/agent_client.c) reads the agent's answer to EOF; an
+    agent that takes the invocation and dies gives error 11 (try again) in the version the
+    configuration asked for, not an empty or half answer; nor a death by SIGPIPE when the
+    agent is gone before the request (here larger than a socket buffer) is sent."""
+    code = ("import socket; s = socket.socket(socket.AF_UNIX); "
+            "s.bind('\\0knetlab-calico-cni'); s.listen(1); print('up', flush=True); "
+            "c, _ = s.accept(); c.close()")
+    dying = subprocess.Popen(["ip", "netns", "exec", node_ns, sys.executable, "-c", code],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert dying.stdout is not None and dying.stdout.readline().strip() == "up"
+        rc, err = plugin("ADD", "cut", pod_ns(0), conf(etcd_store, cniVersion="0.4.0",
+                                                       padding="x" * (1 << 20)))
+    finally:
+        dying.kill()
+        dying.wait(timeout=10)
+    assert rc == 1 and err["code"] == 11 and err["cniVersion"] == "0.4.0", err
+    assert "ended without an answer" in err["msg"] and "calico-cni.log" in err["details"]
 
 
 def test_concurrent_adds_get_distinct_addresses(agent: Path, etcd_store: Store) -> None:

@@ -3,8 +3,8 @@ and Antrea's plugins hand their work to their node's agent.
 
 Why it exists: a pod's CNI ADD started Python, ~9-10 ms of CPU on the lab machines, more
 than everything else knetlab's own plugins do for a pod. Their executables
-(``bin/calico``, ``bin/ovs``, ``bin/weave-net``) are one thin client, ``agent_client.pl``
-(Perl without modules, ~2 ms), that passes the invocation (the ``CNI_*`` environment and
+(``bin/calico``, ``bin/ovs``, ``bin/weave-net``) are one thin client, ``agent_client.c``
+(built by scripts/setup.sh, ~0.5 ms), that passes the invocation (the ``CNI_*`` environment and
 the network configuration) to the node's agent and prints the answer. The agent runs the
 very functions of the plugin's module through ``skel.call``, so a pod the agent wires and
 one the plugin wires itself run the same code, with IPAM in the same process and one
@@ -43,7 +43,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-#: CNI type -> the module whose add/delete/check/status/gc an agent runs (agent_client.pl
+#: CNI type -> the module whose add/delete/check/status/gc an agent runs (agent_client.c
 #: falls back to the same modules)
 PLUGINS = {"calico": "knetlab.cni.plugins.calico", "ovs": "knetlab.cni.plugins.ovs",
            "weave-net": "knetlab.cni.plugins.bridge"}
