@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import heapq
-import http.client
 import json
 import logging
 import os
@@ -29,9 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from knetlab.errors import KnetlabError
+from knetlab.kube.transport import Connection
 
 log = logging.getLogger("knetlab.kube.client")
 
@@ -91,23 +89,8 @@ class NotInClusterError(KnetlabError):
     """``KubeClient.in_cluster`` outside a pod (client-go's ``ErrNotInCluster``)."""
 
 
+#: a dial's limit (then reads wait the client's own timeout): see ``transport.Connection``
 CONNECT_TIMEOUT = 5.0
-
-
-class _Connection(http.client.HTTPSConnection):
-    """Dials within CONNECT_TIMEOUT, then reads with the client's own timeout: an in-cluster
-    client whose node has not routed the ``kubernetes`` Service yet sees its SYN dropped, and
-    a dial waiting the whole read timeout (30 s) held an informer's first list that long."""
-
-    def connect(self) -> None:
-        read_timeout = self.timeout
-        self.timeout = CONNECT_TIMEOUT if read_timeout is None else min(read_timeout,
-                                                                         CONNECT_TIMEOUT)
-        try:
-            super().connect()
-        finally:
-            self.timeout = read_timeout
-        self.sock.settimeout(read_timeout)
 
 
 class KubeClient:
@@ -176,13 +159,21 @@ class KubeClient:
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path) -> KubeClient:
-        cfg = yaml.safe_load(Path(path).read_text())
-        ctx_name = cfg["current-context"]
-        ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
-        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-        user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
-        return cls(cluster["server"], user["token"],
-                   base64.b64decode(cluster["certificate-authority-data"]))
+        cfg = read_kubeconfig(path)
+        try:
+            ctx_name = cfg["current-context"]
+            ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+            cluster = next(c["cluster"] for c in cfg["clusters"]
+                           if c["name"] == ctx["cluster"])
+            user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
+            return cls(cluster["server"], user["token"],
+                       base64.b64decode(cluster["certificate-authority-data"]))
+        except (KeyError, TypeError, StopIteration, ValueError) as exc:
+            raise KnetlabError(
+                f"kubeconfig {path}: cannot use it ({type(exc).__name__}: {exc}); this client "
+                f"needs current-context naming a context whose cluster has server and "
+                f"certificate-authority-data and whose user has a token (as the lab's "
+                f"kubeconfig has: `knetlab kubeconfig` prints its path)") from None
 
     # -- paths -------------------------------------------------------------------
     @staticmethod
@@ -203,11 +194,13 @@ class KubeClient:
         return p
 
     # -- transport -----------------------------------------------------------------
-    def _conn(self) -> http.client.HTTPSConnection:
+    def _new_conn(self, timeout: float | None) -> Connection:
+        return Connection(self.host, self.port, self.ssl, timeout, CONNECT_TIMEOUT)
+
+    def _conn(self) -> Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _Connection(self.host, self.port, context=self.ssl, timeout=self.timeout)
-            self._local.conn = conn
+            conn = self._local.conn = self._new_conn(self.timeout)
         return conn
 
     def request(self, method: str, path: str, body: Any = None,
@@ -223,11 +216,10 @@ class KubeClient:
         for attempt in (1, 2):  # a kept-alive connection the server closed: one retry
             conn = self._conn()
             try:
-                conn.request(method, path, body=data, headers=headers)
-                resp = conn.getresponse()
+                resp = conn.request(method, path, headers, data)
                 raw = resp.read()
                 break
-            except (http.client.HTTPException, ConnectionError, OSError):
+            except OSError:  # the transport's errors are OSErrors too (WireError)
                 conn.close()
                 self._local.conn = None
                 if attempt == 2:
@@ -306,16 +298,28 @@ class KubeClient:
                  "fieldSelector": field_selector, "timeoutSeconds": str(timeout_seconds)}
         path = self.path(resource, namespace) + "?" + urllib.parse.urlencode(
             {k: v for k, v in query.items() if v})
-        conn = _Connection(self.host, self.port, context=self.ssl,
-                           timeout=timeout_seconds + 30)
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        # The watch takes this thread's idle kept-alive connection (an informer's: the one
+        # its list just used) instead of dialling another: a TLS handshake less per informer
+        # start, for the client and the API server (three informers on each node's agents).
+        # Taken, not shared: a handler that makes a request meanwhile dials its own.
+        conn: Connection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
         try:
-            conn.request("GET", path, headers={"Authorization": f"Bearer {self.token}",
-                                               "Accept": "application/json"})
-            resp = conn.getresponse()
+            if conn is not None:
+                conn.settimeout(timeout_seconds + 30)
+                try:
+                    resp = conn.request("GET", path, headers)
+                except OSError:  # the server closed the idle connection: dial a fresh one
+                    conn.close()
+                    conn = None
+            if conn is None:
+                conn = self._new_conn(timeout_seconds + 30)
+                resp = conn.request("GET", path, headers)
             if resp.status >= 300:
                 raw = resp.read()
                 raise ApiError(resp.status, json.loads(raw) if raw else {})
-            while line := resp.readline():
+            for line in resp.lines():
                 if not line.strip():
                     continue
                 event = json.loads(line)
@@ -323,8 +327,41 @@ class KubeClient:
                     status = event.get("object", {})
                     raise ApiError(int(status.get("code", 500)), status)
                 yield event
+            if conn.sock is not None and getattr(self._local, "conn", None) is None:
+                conn.settimeout(self.timeout)  # ended cleanly and still open: keep it
+                self._local.conn, conn = conn, None
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+
+def read_kubeconfig(path: str | Path) -> dict[str, Any]:
+    """A kubeconfig as a dict. The lab's is JSON (``pki.kubeconfig_text``; JSON is YAML, so
+    kubectl and the official client read it too) and parsed with ``json``: importing ``yaml``
+    cost every per-node agent ~9 ms of start-up CPU. Any other kubeconfig (one kubectl
+    rewrote, a user's) is YAML, parsed with ``yaml`` imported only then."""
+    text = Path(path).read_text()
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass  # YAML flow style, not JSON: let yaml read it
+    try:
+        import yaml  # lazy: see above
+    except ImportError:
+        # An agent runs with ``python -S`` (knetlab/pyagent.py), without site-packages;
+        # a kubeconfig that kubectl rewrote as YAML must still work there, so add them.
+        import site
+        site.main()
+        import yaml
+    try:
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KnetlabError(f"kubeconfig {path} is neither JSON nor YAML: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise KnetlabError(f"kubeconfig {path} holds no mapping (a kubeconfig is one, with "
+                           f"clusters, users, contexts and current-context)")
+    return cfg
 
 
 def key_of(obj: dict[str, Any]) -> str:

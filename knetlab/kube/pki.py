@@ -3,9 +3,10 @@
 Made at ``up`` as kind does, in ``<rundir>/kube/`` (every file mode 0600, root only):
 ``ca.crt``, ``ca.key``, ``apiserver.crt`` (SAN 127.0.0.1, the ``kubernetes`` Service's
 ClusterIP, localhost and the ``kubernetes.default.svc`` names),
-``apiserver.key``, ``token`` and ``kubeconfig`` (cluster ``knetlab-<lab>``, the CA inline,
-the token). Keys are ECDSA P-256: a key is made in microseconds where RSA-2048 takes tens of
-milliseconds, and every client we care about (Go, OpenSSL) accepts it.
+``apiserver.key``, ``token`` and ``kubeconfig`` (JSON, which is YAML to kubectl; cluster
+``knetlab-<lab>``, the CA inline, the token). Keys are ECDSA P-256: a key is made in
+microseconds where RSA-2048 takes tens of milliseconds, and every client we care about (Go,
+OpenSSL) accepts it.
 
 Everything is idempotent: existing keys, certificates and token are kept, so a restarted
 API server keeps serving the certificate that existing kubeconfigs trust.
@@ -16,11 +17,10 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+import json
 import os
 import secrets
 from pathlib import Path
-
-import yaml
 
 from knetlab import shell
 
@@ -188,7 +188,9 @@ def kubeconfig_text(cluster: str, server_url: str, ca_pem: bytes, token: str) ->
         "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
         "current-context": cluster,
     }
-    return yaml.safe_dump(config, sort_keys=False)
+    # JSON, which is YAML (kubectl and the official client read it as such), so that the
+    # lab's own agents read it without importing yaml (``client.read_kubeconfig``).
+    return json.dumps(config, indent=2) + "\n"
 
 
 def make_pki(kube_dir: Path, server_url: str, lab: str | None = None,
