@@ -21,7 +21,7 @@ import pytest
 
 from knetlab.cni.plugins.calico_ipam import BlockStore, node_blocks
 from knetlab.cni.runtime import KNETLAB_PLUGINS
-from knetlab.overlays.cni_agents import SOURCE_ROOT
+from knetlab.pyagent import SOURCE_ROOT
 from knetlab.store import Store
 from tests.conftest import needs_root, poll, running_lab
 

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from knetlab import pyagent
 from knetlab.cni.runtime import CNIRuntime
 from knetlab.daemon import Daemon
 from knetlab.errors import KnetlabError
@@ -356,7 +357,7 @@ class KubeletDaemon(Daemon):
 
     def command(self) -> list[str]:
         self.ready_file.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "knetlab.kube.kubelet",
+        argv = [*pyagent.argv("knetlab.kube.kubelet"),
                 "--rundir", str(self.rundir.path), "--node", self.owner,
                 "--kubeconfig", str(self.kubeconfig), "--node-netns", self.node_netns,
                 "--node-ip", self.node_ip, "--pod-cidr", self.pod_cidr,
@@ -368,6 +369,9 @@ class KubeletDaemon(Daemon):
         if self.keep_pods:
             argv.append("--keep-pods")
         return argv
+
+    def env(self) -> dict[str, str]:
+        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def match(self) -> str:
         return f"--rundir {self.rundir.path} --node {self.owner} "

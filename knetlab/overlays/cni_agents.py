@@ -9,19 +9,15 @@ the slow way) and nothing restarts one that dies.
 
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from knetlab import pyagent
 from knetlab.daemon import Daemon
 
 if TYPE_CHECKING:
     from knetlab.nodes.k8snode import K8sNode
     from knetlab.rundir import RunDir
-
-#: the directory that holds the ``knetlab`` package (the agent runs with ``python -S``)
-SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class CniAgent(Daemon):
@@ -34,13 +30,13 @@ class CniAgent(Daemon):
 
     def command(self) -> list[str]:
         self.ready_file.unlink(missing_ok=True)
-        # -S: no site-packages to scan (it tripled the agent's start-up CPU); the agent
-        # needs nothing but the standard library and knetlab (PYTHONPATH).
-        return [sys.executable, "-S", "-m", "knetlab.cni.agent", self.plugin,
+        # site-less (knetlab/pyagent.py): site tripled the agent's start-up CPU; the agent
+        # needs nothing but the standard library and knetlab
+        return [*pyagent.argv("knetlab.cni.agent"), self.plugin,
                 "--ready-file", str(self.ready_file)]
 
     def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": SOURCE_ROOT}
+        return pyagent.env()
 
     def match(self) -> str:
         return str(self.ready_file)

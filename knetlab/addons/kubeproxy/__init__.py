@@ -23,10 +23,10 @@ commands (``knetlab proxy rules``, ``knetlab conntrack``).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from knetlab import pyagent
 from knetlab.addons import Addon, register
 from knetlab.addons.kubeproxy.apirelay import API_PORT
 from knetlab.daemon import Daemon, status_rows
@@ -66,12 +66,15 @@ class KubeProxyDaemon(Daemon):
 
     def command(self) -> list[str]:
         self.ready_file.unlink(missing_ok=True)
-        return [sys.executable, "-m", "knetlab.addons.kubeproxy",
+        return [*pyagent.argv("knetlab.addons.kubeproxy"),
                 "--kubeconfig", str(self.kubeconfig), "--node", self.owner,
                 "--netns", self.node_netns, "--node-ip", self.node_ip,
                 "--cluster-cidr", self.cluster_cidr, "--service-cidr", self.service_cidr,
                 "--mode", self.mode, "--dir", str(self.dir), "--api-port", str(self.api_port),
                 "--iptables-backend", self.iptables_backend]
+
+    def env(self) -> dict[str, str]:
+        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def is_ready(self) -> bool:
         return self.ready_file.exists()

@@ -38,7 +38,7 @@ from typing import Any
 from knetlab.addons.kubeproxy import conntrack
 from knetlab.addons.kubeproxy.apirelay import ApiServerRelay
 from knetlab.addons.kubeproxy.model import ProxyState, build_state, changed_keys
-from knetlab.addons.kubeproxy.proxier import Proxier, proxiers
+from knetlab.addons.kubeproxy.proxier import Proxier, proxier_class
 from knetlab.errors import KnetlabError
 from knetlab.kube.client import Informer, KubeClient
 from knetlab.netns import entered
@@ -241,7 +241,7 @@ def make_proxier(mode: str, node: str, iptables_backend: str = "legacy",
                  lock_file: str | None = None) -> Proxier:
     """The mode's Proxier; modes that write iptables rules get the backend (and the node's
     xtables lock file) too."""
-    cls = proxiers()[mode]
+    cls = proxier_class(mode)
     params = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {}
     if "backend" in params:

@@ -56,6 +56,16 @@ def register(cls: type[Proxier]) -> type[Proxier]:
     return cls
 
 
+def proxier_class(mode: str) -> type[Proxier]:
+    """One mode's class, importing that mode's module only: an agent runs one mode, and
+    importing all of them cost each node's proxy ~9 ms of start-up CPU (asyncio, for the
+    userspace mode). KeyError for a mode that is not registered."""
+    module = f"knetlab.addons.kubeproxy.{mode}"
+    if mode not in _REGISTRY and module in MODE_MODULES:
+        importlib.import_module(module)
+    return _REGISTRY[mode]
+
+
 def proxiers() -> dict[str, type[Proxier]]:
     """Every importable mode by name (a mode module not written yet is simply absent)."""
     for module in MODE_MODULES:

@@ -15,9 +15,9 @@ add-on does nothing.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
+from knetlab import pyagent
 from knetlab.addons import Addon, register
 from knetlab.daemon import Daemon, status_rows
 
@@ -40,10 +40,13 @@ class SpeakerDaemon(Daemon):
         self.ready_file = self.dir / "ready"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "knetlab.addons.lbspeaker", "--kubeconfig",
+        return [*pyagent.argv("knetlab.addons.lbspeaker"), "--kubeconfig",
                 str(self.kubeconfig), "--node", self.owner, "--node-ip", self.node_ip,
                 "--node-netns", self.node_netns,
                 "--pool", self.pool, "--ready-file", str(self.ready_file)]
+
+    def env(self) -> dict[str, str]:
+        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def is_ready(self) -> bool:
         return self.ready_file.exists()

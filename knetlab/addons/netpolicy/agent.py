@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from knetlab import shell
+from knetlab import pyagent, shell
 from knetlab.addons.netpolicy import model, render
 from knetlab.daemon import Daemon
 from knetlab.errors import KnetlabError
@@ -260,11 +260,14 @@ class PolicyAgentDaemon(Daemon):
 
     def command(self) -> list[str]:
         self.ready_file.unlink(missing_ok=True)
-        return [sys.executable, "-m", "knetlab.addons.netpolicy.agent",
+        return [*pyagent.argv("knetlab.addons.netpolicy.agent"),
                 "--kubeconfig", str(self.kubeconfig), "--node", self.owner,
                 "--node-netns", self.node_netns, "--status-file", str(self.status_file),
                 "--ready-file", str(self.ready_file), "--dir", str(self.dir),
                 "--rundir", str(self.rundir.path)]
+
+    def env(self) -> dict[str, str]:
+        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def match(self) -> str:
         return f"--dir {self.dir}"

@@ -3,9 +3,9 @@ for the UDP backend, the TUN/UDP forwarder. Both are ``Daemon``s: run dir, pid f
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
+from knetlab import pyagent
 from knetlab.daemon import Daemon
 
 if TYPE_CHECKING:
@@ -23,9 +23,12 @@ class FlannelAgent(Daemon):
 
     def command(self) -> list[str]:
         n = self.node
-        return [sys.executable, "-m", "knetlab.overlays.flannel.agent", "--run-dir",
+        return [*pyagent.argv("knetlab.overlays.flannel.agent"), "--run-dir",
                 str(self.dir), "--store", self.store.to_arg(), "--node", n.name,
                 "--subnet", n.spec.pod_cidr, "--public-ip", n.spec.ip, "--iface", n.uplink]
+
+    def env(self) -> dict[str, str]:
+        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def is_ready(self) -> bool:
         return (self.dir / "applied.json").exists()
@@ -43,9 +46,12 @@ class UdpForwarder(Daemon):
         self.node, self.store, self.subnet_len = node, store, subnet_len
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "knetlab.overlays.flannel.udpfwd", "--run-dir",
+        return [*pyagent.argv("knetlab.overlays.flannel.udpfwd"), "--run-dir",
                 str(self.dir), "--store", self.store.to_arg(), "--subnet",
                 self.node.spec.pod_cidr, "--subnet-len", str(self.subnet_len)]
+
+    def env(self) -> dict[str, str]:
+        return pyagent.env()
 
     def is_ready(self) -> bool:
         return (self.dir / "ready").exists()
