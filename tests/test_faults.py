@@ -91,7 +91,11 @@ def test_leaf_spine_reroutes_around_a_cut_and_heals(lab, tmp_path: Path) -> None
     assert c.faults.clear() == "cleared 3 fault(s)"
     assert FAULT_TABLE not in c.pods[src].run(["nft", "list", "tables"]).stdout
     assert "tbf" not in c.pods[src].run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
-    # the cleared link-down's routes return through the reconciler: healed first, then lossless
+    # the cleared link-down's routes return through the reconciler: healed first (both ECMP
+    # members back on tor-2: pings alone pass over spine-1 before the reconciler has re-added
+    # spine-2, and its route change then cost a ping of the lossless run), then lossless
+    poll(lambda: all(c.underlay.spine_links[(2, s)][1] in tor_route(c, "tor-2", rack1)
+                     for s in (1, 2)), 3.0, "both of tor-2's ECMP members back after clear")
     poll(lambda: all_ping(c, pairs), 3.0, "fabric healed after clear")
     out = c.pods[src].run(["ping", "-c", "50", "-i", "0.01", "-W", "1", dst]).stdout
     assert " 0% packet loss" in out

@@ -164,6 +164,14 @@ class Client:
             return str(code)
         return body.split("-")[0] if "-" in body else body
 
+    def settled(self, host: str, path: str, want: str, timeout: float = 30) -> None:
+        """Until ``want`` answers five requests in a row. Once: right after a reload,
+        nginx's old workers still take a connection or two with the old configuration
+        (a graceful reload starts the new workers before the old ones stop accepting, as in
+        ingress-nginx), so one answer of the new configuration does not mean the next."""
+        poll(lambda: all(self.backend(host, path) == want for _ in range(5)), timeout,
+             f"{host}{path} served by {want}, five times in a row")
+
 
 @pytest.fixture(scope="module")
 def client(lab: Cluster) -> Client:
@@ -177,6 +185,7 @@ def client(lab: Cluster) -> Client:
             got = cl.backend(host, path)
             return got == want or (want == "echo" and got.startswith("{"))
         poll(answers, 90, f"{host}{path} served by {want}")
+    cl.settled("zzz.example", "/", "dflt")  # the last reload of the start-up is done
     return cl
 
 
@@ -213,10 +222,9 @@ def test_hosts_exact_and_one_label_wildcard(client: Client) -> None:
 def test_default_backend_then_404(lab: Cluster, client: Client) -> None:
     assert client.backend("unknown-host.example", "/any/path") == "dflt"
     lab._control().client.delete("ingresses", "default-be", "default")
-    poll(lambda: client.backend("unknown-host.example") == "404", 30,
-         "404 once no Ingress has a default backend")
+    client.settled("unknown-host.example", "/", "404")  # no Ingress has a default backend
     lab.apply(INGRESSES[3])
-    poll(lambda: client.backend("unknown-host.example") == "dflt", 30, "default backend back")
+    client.settled("unknown-host.example", "/", "dflt")  # the default backend is back
 
 
 def test_503_without_endpoints_or_service(client: Client) -> None:
@@ -276,8 +284,19 @@ def test_bad_input_reported_as_events_others_served(lab: Cluster, client: Client
             for e in events_of(lab, n)), 30, f"{reason} event on ingress {name}")
         # two controller pods, one leader: one Event, not one per pod
         assert len([e for e in events_of(lab, name) if e["reason"] == reason]) == 1
-    # the rejected Ingress is not served at all (its good path neither), the others are
-    assert client.backend("bad.example", "/ok") == "dflt"
+    # the rejected Ingress is not served at all (its good path neither), the others are.
+    # Polled briefly: once (of ~15 full-suite runs, 2026-12-01) node-1's nginx answered 404
+    # here right after the previous test had seen the default backend back; the message
+    # carries what the controller had derived then, for the next time.
+    try:
+        poll(lambda: client.backend("bad.example", "/ok") == "dflt", 10,
+             "the default backend for a rejected Ingress's path")
+    except pytest.fail.Exception as exc:
+        pods = lab._control().client.list("pods", "ingress-nginx").get("items", [])
+        restarts = {p["metadata"]["name"]: [c.get("restartCount") for c in
+                                            p.get("status", {}).get("containerStatuses", [])]
+                    for p in pods}
+        pytest.fail(f"{exc}: routes.json {routes(lab)}; controller restarts {restarts}")
     assert client.backend("paths.example", "/foo") == "web"
     table = routes(lab)
     assert table["rejected"] == ["default/bad-path"] and not table["lastError"]
