@@ -109,7 +109,9 @@ class FlannelBackend(Backend):
     def _restart(self, kind: str, name: str) -> int:
         node = self.cluster.node(name)
         table: dict[str, Any] = self.agents if kind == "agent" else self.forwarders
-        old = table.pop(name, None)
+        # The entry is replaced, never removed: readers (status, the watchdog, tests) see
+        # the old daemon or the new one, not a node without an agent while the new one starts.
+        old = table.get(name)
         if old:
             old.stop()
         daemon = (FlannelAgent(node, self.store) if kind == "agent" else
