@@ -21,7 +21,75 @@ if TYPE_CHECKING:
 
 
 class WireError(OSError):
-    """The connection failed or the server spoke no HTTP we understand."""
+    """The connection failed or the server spoke no HTTP we understand (an ``OSError``, as a
+    failed ``recv`` is: callers retry both the same way)."""
+
+
+class Wire:
+    """The reading half of an HTTP/1.1 client, over ``self.sock`` with a buffer: a response
+    head, a Content-Length body, chunks, the rest up to the connection's end. Shared by the
+    etcd ``Connection`` below and the API server's (``knetlab/kube/transport.py``)."""
+
+    MAX_HEAD = 65536  # the longest status line, header block or chunk line accepted
+    sock: Any
+    buf = b""
+    peer = "the server"  # named in errors
+
+    def response_head(self) -> tuple[int, dict[str, str]]:
+        """The status code and headers (lower-case names)."""
+        raw = self._until(b"\r\n\r\n", self.MAX_HEAD)
+        lines = raw.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise WireError(f"not an HTTP/1.1 response from {self.peer}: {lines[0]!r}")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(parts[1]), headers
+
+    def chunk(self) -> bytes | None:
+        """The next chunk of a chunked body; None at its end (after any trailers)."""
+        size = int(self._until(b"\r\n", self.MAX_HEAD).split(b";")[0], 16)
+        if size == 0:
+            while self._until(b"\r\n", self.MAX_HEAD):  # trailers, then the empty line
+                pass
+            return None
+        data = self._exact(size)
+        self._exact(2)
+        return data
+
+    def _fill(self) -> bool:
+        more = self.sock.recv(65536)
+        self.buf += more
+        return bool(more)
+
+    def _until(self, delim: bytes, limit: int = 1 << 30) -> bytes:
+        start = 0
+        while True:
+            at = self.buf.find(delim, start)
+            if at >= 0:
+                out, self.buf = self.buf[:at], self.buf[at + len(delim):]
+                return out
+            if len(self.buf) > limit:
+                raise WireError(f"over-long HTTP line from {self.peer}")
+            start = max(0, len(self.buf) - len(delim) + 1)
+            if not self._fill():
+                raise WireError(f"{self.peer} closed the connection")
+
+    def _exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._fill():
+                raise WireError(f"{self.peer} closed the connection mid-body")
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _rest(self) -> bytes:
+        """Everything up to the connection's end."""
+        while self._fill():
+            pass
+        out, self.buf = self.buf, b""
+        return out
 
 
 def b64(s: str | bytes) -> str:
@@ -32,8 +100,9 @@ def unb64(s: str) -> bytes:
     return binascii.a2b_base64(s)
 
 
-class Connection:
-    """One kept-alive HTTP/1.1 connection (not thread-safe: the caller locks)."""
+class Connection(Wire):
+    """One kept-alive HTTP/1.1 connection to etcd's gateway (not thread-safe: the caller
+    locks)."""
 
     def __init__(self, endpoint: str, timeout: float, ssl_context: Any = None) -> None:
         scheme, _, rest = endpoint.partition("://")
@@ -70,19 +139,6 @@ class Connection:
                 f"\r\nContent-Length: {len(data)}\r\n\r\n").encode()
         self.sock.sendall(head + data)
 
-    def response_head(self) -> tuple[int, dict[str, str]]:
-        """The status code and headers (lower-case names)."""
-        raw = self._until(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-            raise WireError(f"not an HTTP response: {lines[0]!r}")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(parts[1]), headers
-
     def call(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         """POST ``body``; the status and the decoded JSON answer."""
         self.send(path, body)
@@ -99,34 +155,3 @@ class Connection:
         if headers.get("connection", "").lower() == "close":
             self.close()
         return status, loads(data) if data.strip() else {}
-
-    def chunk(self) -> bytes | None:
-        """The next chunk of a chunked body; None at its end."""
-        size = int(self._until(b"\r\n").split(b";")[0], 16)
-        if size == 0:
-            self._until(b"\r\n")  # no trailers from the gateway: the final CRLF
-            return None
-        data = self._exact(size)
-        self._exact(2)
-        return data
-
-    # -- buffered reads -----------------------------------------------------------------
-    def _fill(self) -> None:
-        more = self.sock.recv(65536)
-        if not more:
-            raise WireError("the server closed the connection")
-        self.buf += more
-
-    def _until(self, delim: bytes) -> bytes:
-        while True:
-            at = self.buf.find(delim)
-            if at >= 0:
-                out, self.buf = self.buf[:at], self.buf[at + len(delim):]
-                return out
-            self._fill()
-
-    def _exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out

@@ -2,10 +2,10 @@
 
 Why not ``http.client``: it imports ``email`` (its header parser), ~6 ms of start-up CPU in
 every process that talks to the API, and three such agents run on every node. This speaks
-just what the client needs (as ``knetlab/storewire.py`` does for etcd): a request with a
-Content-Length body on a kept-alive connection; a response framed by Content-Length,
-chunked, or the connection's end; a chunked body read whole or line by line (a watch sends
-one JSON event per line).
+just what the client needs: a request with a Content-Length body on a kept-alive
+connection; a response framed by Content-Length, chunked, or the connection's end; a body
+read whole or line by line (a watch sends one JSON event per line). The reading half is
+etcd's client's (``knetlab.storewire.Wire``); this adds the TLS dial and any method.
 """
 
 from __future__ import annotations
@@ -14,16 +14,12 @@ import socket
 import ssl
 from collections.abc import Iterator
 
-#: the longest status line or header block we accept (the API server's are tiny)
-MAX_HEAD = 65536
+from knetlab.storewire import Wire, WireError
+
+__all__ = ["Connection", "Response", "WireError"]
 
 
-class WireError(OSError):
-    """The server closed the connection early or spoke no HTTP/1.1 we understand (an
-    ``OSError``, as a failed ``recv`` is: callers retry both the same way)."""
-
-
-class Connection:
+class Connection(Wire):
     """One kept-alive HTTPS connection, dialled on first use; one request at a time.
 
     ``connect_timeout`` bounds the dial and TLS handshake, ``timeout`` every read after: an
@@ -37,7 +33,7 @@ class Connection:
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.sock: ssl.SSLSocket | None = None
         self.buf = b""
-        self.host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # Host: too
 
     def connect(self) -> None:
         dial = (self.connect_timeout if self.timeout is None
@@ -70,62 +66,17 @@ class Connection:
         if self.sock is None:
             self.connect()
         assert self.sock is not None
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}",
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.peer}",
                  "Accept-Encoding: identity"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if body is not None or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body or b'')}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
         while True:
-            status, head = self._head()
+            status, head = self.response_head()
             if status >= 200 or status == 101:
                 break  # 1xx (100 Continue): informational, the real answer follows
         return Response(self, method, status, head)
-
-    # -- buffered reads --------------------------------------------------------------------
-    def _head(self) -> tuple[int, dict[str, str]]:
-        raw = self._until(b"\r\n\r\n", MAX_HEAD)
-        lines = raw.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise WireError(f"not an HTTP/1.1 response from {self.host_header}: {lines[0]!r}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(parts[1]), headers
-
-    def _fill(self) -> bool:
-        assert self.sock is not None
-        more = self.sock.recv(65536)
-        self.buf += more
-        return bool(more)
-
-    def _until(self, delim: bytes, limit: int = 1 << 30) -> bytes:
-        start = 0
-        while True:
-            at = self.buf.find(delim, start)
-            if at >= 0:
-                out, self.buf = self.buf[:at], self.buf[at + len(delim):]
-                return out
-            if len(self.buf) > limit:
-                raise WireError(f"over-long HTTP head from {self.host_header}")
-            start = max(0, len(self.buf) - len(delim) + 1)
-            if not self._fill():
-                raise WireError(f"{self.host_header} closed the connection")
-
-    def _exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            if not self._fill():
-                raise WireError(f"{self.host_header} closed the connection mid-body")
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def _rest(self) -> bytes:
-        while self._fill():
-            pass
-        out, self.buf = self.buf, b""
-        return out
 
 
 class Response:
@@ -160,14 +111,8 @@ class Response:
     def chunks(self) -> Iterator[bytes]:
         conn = self.conn
         if self.chunked:
-            while True:
-                size = int(conn._until(b"\r\n", MAX_HEAD).split(b";")[0], 16)
-                if size == 0:
-                    while conn._until(b"\r\n", MAX_HEAD):  # trailers, then the empty line
-                        pass
-                    break
-                yield conn._exact(size)
-                conn._exact(2)
+            while (chunk := conn.chunk()) is not None:
+                yield chunk
         elif self.length is not None:
             if self.length:
                 yield conn._exact(self.length)
