@@ -16,6 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from knetlab.daemon import Daemon
+
 #: the directory that holds the ``knetlab`` package (the checkout, or site-packages)
 SOURCE_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -33,3 +35,11 @@ def env() -> dict[str, str]:
     kube/client.py alone); now the first agent writes it (atomically; ``__pycache__`` is
     git-ignored) and the rest load it. An empty value is "unset" to Python."""
     return {"PYTHONPATH": SOURCE_ROOT, "PYTHONDONTWRITEBYTECODE": ""}
+
+
+class PyAgent(Daemon):
+    """A ``Daemon`` that is one of knetlab's own Python agents: its ``command`` starts with
+    ``argv(MODULE)``, and it runs with ``env()``."""
+
+    def env(self) -> dict[str, str]:
+        return env()

@@ -34,7 +34,6 @@ from typing import Any
 
 from knetlab import pyagent
 from knetlab.cni.runtime import CNIRuntime
-from knetlab.daemon import Daemon
 from knetlab.errors import KnetlabError
 from knetlab.kube.client import ApiError, Informer, KubeClient, WorkQueue, key_of, split_key
 from knetlab.kube.events import PodEvents
@@ -337,7 +336,7 @@ class Kubelet:
                 worker.sandbox.teardown()
 
 
-class KubeletDaemon(Daemon):
+class KubeletDaemon(pyagent.PyAgent):
     """The kubelet of node ``owner``; ready once its Node is registered and pods synced."""
 
     name = "kubelet"
@@ -370,8 +369,6 @@ class KubeletDaemon(Daemon):
             argv.append("--keep-pods")
         return argv
 
-    def env(self) -> dict[str, str]:
-        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def match(self) -> str:
         return f"--rundir {self.rundir.path} --node {self.owner} "

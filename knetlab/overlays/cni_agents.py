@@ -13,14 +13,13 @@ import threading
 from typing import TYPE_CHECKING
 
 from knetlab import pyagent
-from knetlab.daemon import Daemon
 
 if TYPE_CHECKING:
     from knetlab.nodes.k8snode import K8sNode
     from knetlab.rundir import RunDir
 
 
-class CniAgent(Daemon):
+class CniAgent(pyagent.PyAgent):
     """The agent of node ``owner`` for CNI type ``plugin``; ready once it listens."""
 
     def __init__(self, rundir: RunDir, owner: str, netns: str, plugin: str) -> None:
@@ -35,8 +34,6 @@ class CniAgent(Daemon):
         return [*pyagent.argv("knetlab.cni.agent"), self.plugin,
                 "--ready-file", str(self.ready_file)]
 
-    def env(self) -> dict[str, str]:
-        return pyagent.env()
 
     def match(self) -> str:
         return str(self.ready_file)

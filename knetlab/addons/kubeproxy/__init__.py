@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from knetlab import pyagent
 from knetlab.addons import Addon, register
 from knetlab.addons.kubeproxy.apirelay import API_PORT
-from knetlab.daemon import Daemon, status_rows
+from knetlab.daemon import status_rows
 from knetlab.kube.client import ApiError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ MODES = ("iptables", "nftables", "userspace", "ipvs")
 DAEMON = "kube-proxy"
 
 
-class KubeProxyDaemon(Daemon):
+class KubeProxyDaemon(pyagent.PyAgent):
     """The kube-proxy agent of node ``owner``; ready after its first successful sync. It
     runs in the root namespace (the API server is on its 127.0.0.1) and works in the node's
     (see agent.py)."""
@@ -73,8 +73,6 @@ class KubeProxyDaemon(Daemon):
                 "--mode", self.mode, "--dir", str(self.dir), "--api-port", str(self.api_port),
                 "--iptables-backend", self.iptables_backend]
 
-    def env(self) -> dict[str, str]:
-        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def is_ready(self) -> bool:
         return self.ready_file.exists()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from knetlab import pyagent
 from knetlab.addons import Addon, register
-from knetlab.daemon import Daemon, status_rows
+from knetlab.daemon import status_rows
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from knetlab.rundir import RunDir
 
 
-class SpeakerDaemon(Daemon):
+class SpeakerDaemon(pyagent.PyAgent):
     name = "lb-speaker"
     ready_timeout = 60.0  # informers list through an API server busy with a bring-up
 
@@ -45,8 +45,6 @@ class SpeakerDaemon(Daemon):
                 "--node-netns", self.node_netns,
                 "--pool", self.pool, "--ready-file", str(self.ready_file)]
 
-    def env(self) -> dict[str, str]:
-        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def is_ready(self) -> bool:
         return self.ready_file.exists()

@@ -33,7 +33,6 @@ from pathlib import Path
 
 from knetlab import pyagent, shell
 from knetlab.addons.netpolicy import model, render
-from knetlab.daemon import Daemon
 from knetlab.errors import KnetlabError
 from knetlab.kube.client import Informer, KubeClient, WorkQueue
 from knetlab.rundir import RunDir
@@ -245,7 +244,7 @@ class PolicyAgent:
                       check=False)
 
 
-class PolicyAgentDaemon(Daemon):
+class PolicyAgentDaemon(pyagent.PyAgent):
     """The policy agent of node ``owner``; ready after its first sync."""
 
     name = "policy-agent"
@@ -266,8 +265,6 @@ class PolicyAgentDaemon(Daemon):
                 "--ready-file", str(self.ready_file), "--dir", str(self.dir),
                 "--rundir", str(self.rundir.path)]
 
-    def env(self) -> dict[str, str]:
-        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def match(self) -> str:
         return f"--dir {self.dir}"

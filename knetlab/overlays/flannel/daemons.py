@@ -6,14 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from knetlab import pyagent
-from knetlab.daemon import Daemon
 
 if TYPE_CHECKING:
     from knetlab.nodes.k8snode import K8sNode
     from knetlab.store import Store
 
 
-class FlannelAgent(Daemon):
+class FlannelAgent(pyagent.PyAgent):
     name = "flanneld"
 
     def __init__(self, node: K8sNode, store: Store) -> None:
@@ -27,8 +26,6 @@ class FlannelAgent(Daemon):
                 str(self.dir), "--store", self.store.to_arg(), "--node", n.name,
                 "--subnet", n.spec.pod_cidr, "--public-ip", n.spec.ip, "--iface", n.uplink]
 
-    def env(self) -> dict[str, str]:
-        return pyagent.env()  # python -S: see knetlab/pyagent.py
 
     def is_ready(self) -> bool:
         return (self.dir / "applied.json").exists()
@@ -38,7 +35,7 @@ class FlannelAgent(Daemon):
         super().start(wait)
 
 
-class UdpForwarder(Daemon):
+class UdpForwarder(pyagent.PyAgent):
     name = "flannel-udp"
 
     def __init__(self, node: K8sNode, store: Store, subnet_len: int) -> None:
@@ -50,8 +47,6 @@ class UdpForwarder(Daemon):
                 str(self.dir), "--store", self.store.to_arg(), "--subnet",
                 self.node.spec.pod_cidr, "--subnet-len", str(self.subnet_len)]
 
-    def env(self) -> dict[str, str]:
-        return pyagent.env()
 
     def is_ready(self) -> bool:
         return (self.dir / "ready").exists()
