@@ -17,9 +17,10 @@ Design notes:
 - A veth is created as one message, up, its pod end already in the pod's namespace
   (``IFLA_NET_NS_FD`` in the peer's attributes). The pod end cannot be brought up in that
   message (a veth end opens only once its peer is linked: ENOTCONN), so ``link_up`` does
-  it from the pod's side, with its address. ``veth_add_pod_first`` swaps the roles (the
-  pod end is the device, up; the host end the peer, opened by a ``link_set`` in the same
-  ``request``): for a node whose daemons react to every link change there (ovs-vswitchd).
+  it from the pod's side, with its address. ``veth_add(..., netns_fd=POD)`` swaps the
+  roles (the pod end is the device, up; the host end the peer, opened by a ``link_set``
+  in the same ``request``): for a node whose daemons react to every link change there
+  (ovs-vswitchd).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH = 16, 17, 20, 
 RTM_GETLINK = 18
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
-IFF_UP = 0x1
+IFF_UP, IFF_PROMISC = 0x1, 0x100
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
@@ -213,9 +214,6 @@ def bridge_port_hairpin(index: int) -> tuple[int, int, bytes]:
     data = _attr(IFLA_BRPORT_MODE, b"\1")
     info = _attr(IFLA_INFO_SLAVE_KIND, b"bridge") + _attr(IFLA_INFO_SLAVE_DATA, data)
     return RTM_NEWLINK, 0, _ifinfo(index) + _attr(IFLA_LINKINFO, info)
-
-
-IFF_PROMISC = 0x100
 
 
 def link_set(name: str, up: bool = True, promisc: bool = False, master: int = 0
