@@ -14,6 +14,11 @@ net of that cgroup's idle rate measured just before.
 
 Nested steps are exclusive: ``shell`` is the Mininet host without the ownership records
 and ``lo`` inside it.
+
+Side by side, in rounds (``--rounds``, 3 by default): one run of each swings by 10-20 %
+with the machine's state (page cache, what ran before), so each plane is measured right
+after a plain Mininet run of as many hosts, and the verdict is per round: the plane's total
+against that Mininet run's, how many rounds it was at or below it, the median ratio.
 """
 
 from __future__ import annotations
@@ -211,21 +216,55 @@ def profile_mininet(hosts: int) -> dict[str, Any]:
             "total_cpu_ms": round(sum(s["cpu_ms"] for s in steps.values()), 2)}
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _mean_steps(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each step's mean over the rounds (a step some round lacks counts 0 there)."""
+    names = list(dict.fromkeys(n for run in runs for n in run))
+    return {n: {k: round(sum(run.get(n, {}).get(k, 0.0) for run in runs) / len(runs), 2)
+                for k in ("cpu_ms", "daemons_cpu_ms", "wall_ms")} for n in names}
+
+
+def summarize(plane_runs: list[dict[str, Any]], mininet_runs: list[dict[str, Any]]
+              ) -> dict[str, Any]:
+    """One plane over its rounds, each beside the plain Mininet run made just before it."""
+    totals = [r["total_cpu_ms"] for r in plane_runs]
+    ratios = [r["total_cpu_ms"] / m["total_cpu_ms"]
+              for r, m in zip(plane_runs, mininet_runs, strict=True)]
+    return {**{k: v for k, v in plane_runs[0].items() if k not in ("steps", "total_cpu_ms")},
+            "rounds": len(plane_runs), "steps": _mean_steps([r["steps"] for r in plane_runs]),
+            "total_cpu_ms": round(_median(totals), 2), "totals_cpu_ms": totals,
+            "mininet_totals_cpu_ms": [m["total_cpu_ms"] for m in mininet_runs],
+            "ratio_to_mininet": [round(x, 2) for x in ratios],
+            "rounds_at_or_below_mininet": sum(x <= 1.0 for x in ratios)}
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     """One table: a column per data plane (and plain Mininet), a row per step; each cell
-    CPU ms per pod on the pod's side + in the lab's daemons (when any)."""
+    CPU ms per pod on the pod's side + in the lab's daemons (when any), the mean over the
+    rounds; then each plane's total and its ratio to the Mininet host of the same round."""
     mn = next(r["plain_mininet"] for r in results if "plain_mininet" in r)
     planes = [r for r in results if "dataplane" in r]
     steps = list(dict.fromkeys(n for r in planes for n in r["steps"]))
+    rounds = max((r.get("rounds", 1) for r in planes), default=1)
 
     def cell(step: dict[str, float] | None) -> str:
         if not step:
             return ""
         daemons = step.get("daemons_cpu_ms", 0)
         return f"{step['cpu_ms']}" + (f" + {daemons}" if daemons >= 0.1 else "")
+
+    def spread(values: list[float]) -> str:
+        return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else ""
     k8s = " (with Kubernetes)" if planes and planes[0]["kubernetes"] else ""
     head = ["step"] + [f"{r['dataplane']} ({r['cni']})" for r in planes] + ["plain Mininet"]
-    lines = [f"CPU ms per pod{k8s}, pod side + lab daemons, {mn['hosts']} pods each:", "",
+    lines = [f"CPU ms per pod{k8s}, pod side + lab daemons, {mn['hosts']} pods each, "
+             f"{rounds} round(s): in each round every plane is measured right after a plain "
+             "Mininet run of as many hosts (steps: the mean over the rounds):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in steps:
         lines.append("| " + " | ".join([name] + [cell(r["steps"].get(name)) for r in planes]
@@ -233,18 +272,40 @@ def markdown(results: list[dict[str, Any]]) -> str:
     for name, step in mn["steps"].items():
         lines.append("| " + " | ".join([f"Mininet: {name}"] + [""] * len(planes)
                                        + [cell(step)]) + " |")
-    lines.append("| **total** | " + " | ".join([f"**{r['total_cpu_ms']}**" for r in planes]
-                                              + [f"**{mn['total_cpu_ms']}**"]) + " |")
+    lines.append("| **total** (median) | " + " | ".join(
+        [f"**{r['total_cpu_ms']}**" for r in planes] + [f"**{mn['total_cpu_ms']}**"]) + " |")
+    if rounds > 1:
+        lines.append("| total, range | " + " | ".join(
+            [spread(r["totals_cpu_ms"]) for r in planes] + [spread(mn["totals_cpu_ms"])])
+            + " |")
+        lines.append("| x the Mininet host of its round: median (range) | " + " | ".join(
+            f"{_median(r['ratio_to_mininet']):.2f} ({spread(r['ratio_to_mininet'])})"
+            for r in planes) + " | |")
+        lines.append("| rounds at or below that Mininet host | " + " | ".join(
+            f"{r['rounds_at_or_below_mininet']} of {r['rounds']}" for r in planes) + " | |")
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, planes: list[str] | None = None, pods: int = 10,
-        kubernetes: bool = False) -> list[dict[str, Any]]:
-    """Plain Mininet, then each data plane; writes podcost.json and podcost.md."""
-    results: list[dict[str, Any]] = [{"plain_mininet": profile_mininet(pods)}]
-    for plane in planes or PLANES:
-        _remember()
-        results.append(profile_plane(plane, pods, kubernetes, out_dir))
+def run(out_dir: Path, planes: list[str] | None = None, pods: int = 20,
+        kubernetes: bool = False, rounds: int = 3) -> list[dict[str, Any]]:
+    """``rounds`` times: each data plane right after a plain Mininet run of as many hosts,
+    so that each comparison is made on the machine as it was at that moment (one run of
+    each swings by 10-20 % with the machine's state); writes podcost.json and podcost.md."""
+    planes = planes or PLANES
+    plane_runs: dict[str, list[dict[str, Any]]] = {p: [] for p in planes}
+    mininet_runs: dict[str, list[dict[str, Any]]] = {p: [] for p in planes}
+    for _ in range(rounds):
+        for plane in planes:
+            mininet_runs[plane].append(profile_mininet(pods))
+            _remember()
+            plane_runs[plane].append(profile_plane(plane, pods, kubernetes, out_dir))
+    every_mininet = [m for p in planes for m in mininet_runs[p]]
+    mn_totals = [m["total_cpu_ms"] for m in every_mininet]
+    results: list[dict[str, Any]] = [{"plain_mininet": {
+        "hosts": pods, "runs": len(every_mininet),
+        "steps": _mean_steps([m["steps"] for m in every_mininet]),
+        "total_cpu_ms": round(_median(mn_totals), 2), "totals_cpu_ms": mn_totals}}]
+    results += [summarize(plane_runs[p], mininet_runs[p]) for p in planes]
     (out_dir / "podcost.json").write_text(json.dumps(results, indent=1))
     (out_dir / "podcost.md").write_text(markdown(results))
     return results
@@ -255,11 +316,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--planes", default=",".join(PLANES))
     ap.add_argument("--pods", type=int, default=20)
     ap.add_argument("--kubernetes", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="times each plane is measured, each right after a Mininet run")
     ap.add_argument("--out", default="bench-results")
     args = ap.parse_args(argv)
+    if args.pods < 1 or args.rounds < 1:
+        ap.error("--pods and --rounds must be at least 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(markdown(run(out, args.planes.split(","), args.pods, args.kubernetes)))
+    print(markdown(run(out, args.planes.split(","), args.pods, args.kubernetes,
+                       args.rounds)))
 
 
 if __name__ == "__main__":
