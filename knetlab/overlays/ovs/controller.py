@@ -124,6 +124,10 @@ class OvsController(app_manager.OSKenApp):
         with self.lock:
             if ev.state == MAIN_DISPATCHER:
                 LOG.info("switch %016x connected", dp.id)
+                # No asynchronous messages: nothing here reads packet-ins, flow removals
+                # or port status, and the last came for every pod port added, removed or
+                # changed (the switch composing it, this process parsing it).
+                dp.send_msg(dp.ofproto_parser.OFPSetAsync(dp, [0, 0], [0, 0], [0, 0]))
                 self.switches[dp.id] = Switch(dp)
                 self._request_dump(self.switches[dp.id])
             elif dp.id in self.switches and self.switches[dp.id].dp is dp:
