@@ -11,7 +11,7 @@ APT_PACKAGES=(
   etcd-server etcd-client nginx-light busybox dnsutils curl wget openssl python3-cryptography
   graphviz
   wrk
-  gcc libc6-dev  # builds knetlab/cni/agent_client.c, the thin CNI plugin of the agent planes
+  gcc libc6-dev  # builds knetlab/cni/agent_client.c (the agent planes' thin CNI plugin), knetlab/nodes/pause.c
   unbound dnsmasq-base dnsperf  # cluster DNS (knetlab runs unbound per DNS pod; docs/dns.md)
 )
 # Nice to have, not in every archive (Ubuntu names it linux-tools-*): without it the DNS
@@ -47,11 +47,13 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q -e '.[dev]'
   touch .venv/.installed
 fi
-# The thin CNI client (bin/calico, bin/ovs, bin/weave-net link to it): built here, not
-# committed, so that it matches this machine.
-client=knetlab/cni/agent-client
-if [ ! -x "$client" ] || [ knetlab/cni/agent_client.c -nt "$client" ]; then
-  cc -O2 -Wall -Wextra -Werror -o "$client.tmp" knetlab/cni/agent_client.c && mv "$client.tmp" "$client"
-fi
+# knetlab's two C programs, built here, not committed, so that they match this machine:
+# the thin CNI client (bin/calico, bin/ovs, bin/weave-net link to it) and a pod's pause.
+for pair in knetlab/cni/agent_client.c:knetlab/cni/agent-client knetlab/nodes/pause.c:knetlab/nodes/pause; do
+  src=${pair%%:*} bin=${pair#*:}
+  if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ]; then
+    cc -O2 -Wall -Wextra -Werror -o "$bin.tmp" "$src" && mv "$bin.tmp" "$bin"
+  fi
+done
 chmod +x knetlab/cni/bin/*
 echo "setup: ok ($(.venv/bin/knetlab --version))"

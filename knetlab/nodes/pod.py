@@ -1,8 +1,9 @@
 """A pod: one network namespace held by one long-lived process (the pause container).
 
 The pause is the cheapest process that holds a namespace and that ``knetlab clean`` can
-recognise: ``sh -s mininet:<pod>`` started by ``unshare --net`` in its own session,
-blocked reading a pipe this process never writes again. Mininet's command shell
+recognise: ``pause mininet:<pod>`` (``pause.c``, built by scripts/setup.sh) in its own
+session, which makes the namespace, says so, and blocks reading a pipe this process never
+writes again. Mininet's command shell
 (an interactive bash on a pty, what a plain Mininet host pays for at start) is started
 only when something first talks to the pod (``pod.cmd``, the Mininet CLI), entered into
 the pause's namespace, so most pods of a big lab never pay for it. Every container of the
@@ -17,7 +18,7 @@ import hashlib
 import os
 import signal
 import threading
-from subprocess import DEVNULL, PIPE, Popen
+from subprocess import PIPE, Popen
 from typing import TYPE_CHECKING, Any
 
 from mininet.link import Intf
@@ -29,6 +30,9 @@ from knetlab.nodes.host import NetnsHost
 
 if TYPE_CHECKING:
     from knetlab.rundir import RunDir
+
+#: the pause program (pause.c, built by scripts/setup.sh)
+PAUSE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pause")
 
 
 def _no_move(*_args: Any, **_kw: Any) -> bool:
@@ -74,18 +78,19 @@ class Pod(NetnsHost):
         # Not mnexec -cdn as Mininet does: its -c closes every possible descriptor one by
         # one (RLIMIT_NOFILE of them: 4-5 ms of CPU here); Popen closes them with
         # close_range and makes the session itself.
-        self._pause = Popen(["unshare", "--net", "sh", "-s", f"mininet:{self.name}"],
-                            stdin=PIPE, stdout=PIPE, stderr=DEVNULL, start_new_session=True)
-        # One round trip (a shell builtin, no exec): once sh answers, unshare has made the
-        # namespace, so /proc/PID/ns/net is the pod's, not the root's.
-        assert self._pause.stdin and self._pause.stdout
-        self._pause.stdin.write(b"echo ready\n")
-        self._pause.stdin.flush()
+        if not os.access(PAUSE, os.X_OK):
+            raise KnetlabError(f"{PAUSE} is missing: build it with `make setup`")
+        self._pause = Popen([PAUSE, f"mininet:{self.name}"],
+                            stdin=PIPE, stdout=PIPE, stderr=PIPE, start_new_session=True)
+        # Once it answers, it has made the namespace: /proc/PID/ns/net is the pod's.
+        assert self._pause.stdin and self._pause.stdout and self._pause.stderr
         answer = self._pause.stdout.readline()
         self._pause.stdout.close()  # the pause never writes again
         if answer != b"ready\n":
             raise KnetlabError(f"pause process of pod {self.name} did not start "
-                               f"(exit code {self._pause.wait()})")
+                               f"(exit code {self._pause.wait()}): "
+                               f"{self._pause.stderr.read().decode().strip()}")
+        self._pause.stderr.close()
 
     @property
     def pid(self) -> int | None:  # type: ignore[override]
