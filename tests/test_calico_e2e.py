@@ -25,7 +25,6 @@ from tests.conftest import TOPOLOGIES, needs_root, poll, write_topology
 pytestmark = [pytest.mark.e2e, needs_root]
 
 
-
 def bird_routes(host) -> set[str]:  # noqa: ANN001 - a NetnsHost
     out = host.run(["ip", "-j", "route", "show", "proto", "bird"]).stdout
     return {r["dst"] for r in json.loads(out or "[]") if r.get("type") != "blackhole"}

@@ -27,7 +27,6 @@ FRR_IP, FRR_NET, FRR_ADDR = "192.168.0.200", "10.244.250.0/24", "10.244.250.1"
 BIRD_IP, BIRD_NET, BIRD_ADDR = "192.168.0.201", "10.244.251.0/24", "10.244.251.1"
 
 
-
 def kernel_routes(host) -> dict[str, str]:  # noqa: ANN001 - a NetnsHost
     out = json.loads(host.run(["ip", "-j", "route", "show", "proto", "bird"]).stdout or "[]")
     return {r["dst"]: r.get("gateway", "") for r in out if "type" not in r}  # unicast only

@@ -505,7 +505,6 @@ def test_upstream_must_be_inside_the_lab(tmp_path: Any, value: str, msg: str) ->
     assert msg in text and "dns.upstream" in text and "topo.yaml:4" in text
 
 
-
 PERF_SCRIPT = """unbound
 \t    7f3a __libc_sendto (/usr/lib/x86_64-linux-gnu/libc.so.6)
 

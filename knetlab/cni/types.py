@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-
 class _ScanContext:  # what json.JSONDecoder hands the C scanner: the defaults
     strict = True
     object_hook = object_pairs_hook = None

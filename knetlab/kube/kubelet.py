@@ -369,7 +369,6 @@ class KubeletDaemon(pyagent.PyAgent):
             argv.append("--keep-pods")
         return argv
 
-
     def match(self) -> str:
         return f"--rundir {self.rundir.path} --node {self.owner} "
 

@@ -590,7 +590,6 @@ class CalicoIpipBackend(CalicoBgpBackend):
                       context=f"set up tunl0 on {node.name}")
 
 
-
 @register
 class CalicoVxlanBackend(CalicoIpamBackend):
     """Calico's VXLAN mode: pods take addresses from IPAM blocks (calico-ipam, as with

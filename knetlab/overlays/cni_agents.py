@@ -34,7 +34,6 @@ class CniAgent(pyagent.PyAgent):
         return [*pyagent.argv("knetlab.cni.agent"), self.plugin,
                 "--ready-file", str(self.ready_file)]
 
-
     def match(self) -> str:
         return str(self.ready_file)
 

@@ -73,7 +73,6 @@ class KubeProxyDaemon(pyagent.PyAgent):
                 "--mode", self.mode, "--dir", str(self.dir), "--api-port", str(self.api_port),
                 "--iptables-backend", self.iptables_backend]
 
-
     def is_ready(self) -> bool:
         return self.ready_file.exists()
 

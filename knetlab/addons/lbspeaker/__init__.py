@@ -45,7 +45,6 @@ class SpeakerDaemon(pyagent.PyAgent):
                 "--node-netns", self.node_netns,
                 "--pool", self.pool, "--ready-file", str(self.ready_file)]
 
-
     def is_ready(self) -> bool:
         return self.ready_file.exists()
 

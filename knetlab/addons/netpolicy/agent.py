@@ -265,7 +265,6 @@ class PolicyAgentDaemon(pyagent.PyAgent):
                 "--ready-file", str(self.ready_file), "--dir", str(self.dir),
                 "--rundir", str(self.rundir.path)]
 
-
     def match(self) -> str:
         return f"--dir {self.dir}"
 

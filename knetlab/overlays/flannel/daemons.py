@@ -26,7 +26,6 @@ class FlannelAgent(pyagent.PyAgent):
                 str(self.dir), "--store", self.store.to_arg(), "--node", n.name,
                 "--subnet", n.spec.pod_cidr, "--public-ip", n.spec.ip, "--iface", n.uplink]
 
-
     def is_ready(self) -> bool:
         return (self.dir / "applied.json").exists()
 
@@ -46,7 +45,6 @@ class UdpForwarder(pyagent.PyAgent):
         return [*pyagent.argv("knetlab.overlays.flannel.udpfwd"), "--run-dir",
                 str(self.dir), "--store", self.store.to_arg(), "--subnet",
                 self.node.spec.pod_cidr, "--subnet-len", str(self.subnet_len)]
-
 
     def is_ready(self) -> bool:
         return (self.dir / "ready").exists()
