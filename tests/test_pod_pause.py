@@ -62,3 +62,15 @@ def test_clean_finds_a_pause_left_behind(rundir: RunDir) -> None:
     assert any(f"process {pid}" in r for r in removed), removed
     poll(lambda: _gone(pid), 10, "the pause to be killed by clean")
     rundir.create()  # for the fixture's clean
+
+
+def test_a_missing_pause_is_one_clear_error(rundir: RunDir, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """A tree where `make setup` never built the pause: the pod is refused, saying what to
+    run, and nothing of it is left (no process recorded, nothing for clean to find)."""
+    from knetlab.errors import KnetlabError
+    from knetlab.nodes import pod as pod_module
+    monkeypatch.setattr(pod_module, "PAUSE", str(tmp_path / "pause"))
+    with pytest.raises(KnetlabError, match=r"pause .*make setup"):
+        Pod("pfpause3", rundir, node="n")
+    assert not [e for e in rundir.owned() if e.get("kind") == "pid"]

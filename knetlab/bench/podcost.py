@@ -32,6 +32,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from knetlab.compare.cpu import LabCgroup
@@ -216,12 +217,6 @@ def profile_mininet(hosts: int) -> dict[str, Any]:
             "total_cpu_ms": round(sum(s["cpu_ms"] for s in steps.values()), 2)}
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def _mean_steps(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Each step's mean over the rounds (a step some round lacks counts 0 there)."""
     names = list(dict.fromkeys(n for run in runs for n in run))
@@ -237,7 +232,7 @@ def summarize(plane_runs: list[dict[str, Any]], mininet_runs: list[dict[str, Any
               for r, m in zip(plane_runs, mininet_runs, strict=True)]
     return {**{k: v for k, v in plane_runs[0].items() if k not in ("steps", "total_cpu_ms")},
             "rounds": len(plane_runs), "steps": _mean_steps([r["steps"] for r in plane_runs]),
-            "total_cpu_ms": round(_median(totals), 2), "totals_cpu_ms": totals,
+            "total_cpu_ms": round(median(totals), 2), "totals_cpu_ms": totals,
             "mininet_totals_cpu_ms": [m["total_cpu_ms"] for m in mininet_runs],
             "ratio_to_mininet": [round(x, 2) for x in ratios],
             "rounds_at_or_below_mininet": sum(x <= 1.0 for x in ratios)}
@@ -279,7 +274,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             [spread(r["totals_cpu_ms"]) for r in planes] + [spread(mn["totals_cpu_ms"])])
             + " |")
         lines.append("| x the Mininet host of its round: median (range) | " + " | ".join(
-            f"{_median(r['ratio_to_mininet']):.2f} ({spread(r['ratio_to_mininet'])})"
+            f"{median(r['ratio_to_mininet']):.2f} ({spread(r['ratio_to_mininet'])})"
             for r in planes) + " | |")
         lines.append("| rounds at or below that Mininet host | " + " | ".join(
             f"{r['rounds_at_or_below_mininet']} of {r['rounds']}" for r in planes) + " | |")
@@ -304,7 +299,7 @@ def run(out_dir: Path, planes: list[str] | None = None, pods: int = 20,
     results: list[dict[str, Any]] = [{"plain_mininet": {
         "hosts": pods, "runs": len(every_mininet),
         "steps": _mean_steps([m["steps"] for m in every_mininet]),
-        "total_cpu_ms": round(_median(mn_totals), 2), "totals_cpu_ms": mn_totals}}]
+        "total_cpu_ms": round(median(mn_totals), 2), "totals_cpu_ms": mn_totals}}]
     results += [summarize(plane_runs[p], mininet_runs[p]) for p in planes]
     (out_dir / "podcost.json").write_text(json.dumps(results, indent=1))
     (out_dir / "podcost.md").write_text(markdown(results))

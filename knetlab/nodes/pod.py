@@ -3,12 +3,12 @@
 The pause is the cheapest process that holds a namespace and that ``knetlab clean`` can
 recognise: ``pause mininet:<pod>`` (``pause.c``, built by scripts/setup.sh) in its own
 session, which makes the namespace, says so, and blocks reading a pipe this process never
-writes again. Mininet's command shell
-(an interactive bash on a pty, what a plain Mininet host pays for at start) is started
-only when something first talks to the pod (``pod.cmd``, the Mininet CLI), entered into
-the pause's namespace, so most pods of a big lab never pay for it. Every container of the
-pod is a process started in that namespace, so they share lo and eth0 as in Kubernetes.
-``eth0`` is made by the CNI runtime on the pod's node, not by Mininet.
+writes again. Mininet's command shell (an interactive bash on a pty, what a plain Mininet
+host pays for at start) is started only when something first talks to the pod
+(``pod.cmd``, the Mininet CLI), entered into the pause's namespace, so most pods of a big
+lab never pay for it. Every container of the pod is a process started in that namespace,
+so they share lo and eth0 as in Kubernetes. ``eth0`` is made by the CNI runtime on the
+pod's node, not by Mininet.
 """
 
 from __future__ import annotations
@@ -78,10 +78,12 @@ class Pod(NetnsHost):
         # Not mnexec -cdn as Mininet does: its -c closes every possible descriptor one by
         # one (RLIMIT_NOFILE of them: 4-5 ms of CPU here); Popen closes them with
         # close_range and makes the session itself.
-        if not os.access(PAUSE, os.X_OK):
-            raise KnetlabError(f"{PAUSE} is missing: build it with `make setup`")
-        self._pause = Popen([PAUSE, f"mininet:{self.name}"],
-                            stdin=PIPE, stdout=PIPE, stderr=PIPE, start_new_session=True)
+        try:
+            self._pause = Popen([PAUSE, f"mininet:{self.name}"], stdin=PIPE, stdout=PIPE,
+                                stderr=PIPE, start_new_session=True)
+        except OSError as exc:  # not built (or not executable)
+            raise KnetlabError(f"cannot start pod {self.name}'s pause {PAUSE}: "
+                               f"{exc.strerror}; build it with `make setup`") from None
         # Once it answers, it has made the namespace: /proc/PID/ns/net is the pod's.
         assert self._pause.stdin and self._pause.stdout and self._pause.stderr
         answer = self._pause.stdout.readline()
